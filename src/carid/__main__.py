@@ -1,0 +1,3 @@
+from carid.cli import main
+
+main()

@@ -1,0 +1,278 @@
+"""The `carid` command: a thin typer layer over the library.
+
+Every command parses options, calls one library function and prints its result; defaults live in
+`carid.config`, never here. Heavy imports (torch, scipy, matplotlib) happen inside the commands so
+that `carid --help` is instant and the slim (ONNX Runtime only) install can run `predict`/`serve`.
+Errors the user can fix (bad path, unknown format, invalid config) print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from carid import __version__
+
+app = typer.Typer(
+    name="carid",
+    help="Identify cars in photos: check data, train, evaluate, export, predict and serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Read, check, split and explore datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataPath = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Dataset folder or annotation file. Default: $CARID_DATA, else the shared Stanford crops.",
+        show_default=False,
+    ),
+]
+FormatOption = Annotated[
+    str | None,
+    typer.Option("--format", "-f", help="Force a dataset format (see `carid data formats`)."),
+]
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A carid YAML config file.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set check.min_side=64 (repeatable)."),
+]
+OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit code 2."""
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"carid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """carid: identify cars in photos."""
+
+
+def _load(config_path: Path | None, overrides: list[str] | None, data: Path | None, fmt: str | None):
+    """Resolve config + dataset path; user-fixable problems become one-line errors."""
+    from carid.config import ConfigError, load_config, resolve_data_path
+
+    try:
+        extra = list(overrides or [])
+        if fmt:
+            extra.append(f"data.format={fmt}")
+        config = load_config(config_path, extra)
+        path = resolve_data_path(data if data is not None else config.data.path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    return config, path
+
+
+def _default_out(path: Path, kind: str) -> Path:
+    return Path("outputs") / path.resolve().name / kind
+
+
+def _inspect(path: Path, config, out: Path, split: bool, progress: bool = True):
+    from carid.data.inspect import inspect_dataset
+    from carid.data.readers import DatasetError
+
+    try:
+        return inspect_dataset(path, config.data, config.check, out_dir=out, split=split, progress=progress)
+    except DatasetError as exc:
+        _fail(str(exc))
+
+
+@data_app.command("formats")
+def data_formats() -> None:
+    """List the dataset formats carid reads."""
+    from rich.table import Table
+
+    from carid.data.readers import available_formats
+
+    table = Table("format", "layout")
+    for name, description in available_formats().items():
+        table.add_row(name, description)
+    console.print(table)
+
+
+@data_app.command("check")
+def data_check(
+    path: DataPath = None,
+    fmt: FormatOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit non-zero when any error or warning is found.")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes opening images (default: CPU count).")
+    ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Open every image once and report unreadable files, duplicates, leakage, bad boxes and imbalance."""
+    extra = list(overrides or []) + ([f"check.workers={workers}"] if workers is not None else [])
+    config, data_path = _load(config_path, extra, path, fmt)
+    inspection = _inspect(data_path, config, out=_default_out(data_path, "check"), split=False)
+    report = inspection.report
+    report.print_summary(console)
+    if json_out is not None:
+        report.write_json(json_out)
+        console.print(f"JSON report: {json_out}")
+    else:
+        console.print(f"JSON report: {inspection.paths['checks']}")
+    raise typer.Exit(report.exit_code(strict))
+
+
+@data_app.command("split")
+def data_split(
+    path: DataPath = None,
+    fmt: FormatOption = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Split CSV to write.")] = None,
+    val: Annotated[float | None, typer.Option(help="Validation fraction.")] = None,
+    test: Annotated[float | None, typer.Option(help="Test fraction.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (same seed, same split, any machine).")
+    ] = None,
+    format_split: Annotated[
+        bool | None,
+        typer.Option("--format-split/--no-format-split", help="Keep the split the format defines."),
+    ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Check the data, then write a seeded, stratified train/val/test split as CSV."""
+    extra = list(overrides or [])
+    for key, value in (("val_fraction", val), ("test_fraction", test), ("seed", seed)):
+        if value is not None:
+            extra.append(f"data.{key}={value}")
+    if format_split is not None:
+        extra.append(f"data.use_format_split={str(format_split).lower()}")
+    config, data_path = _load(config_path, extra, path, fmt)
+    out_dir = _default_out(data_path, "split")
+    inspection = _inspect(data_path, config, out=out_dir, split=True)
+    split_path = inspection.paths["split"]
+    if out is not None:
+        from carid.data.split import save_split
+
+        save_split(inspection.report.usable(), inspection.splits, out)
+        split_path = out
+    _print_split(inspection)
+    console.print(f"split: {split_path}")
+
+
+def _print_split(inspection) -> None:
+    from collections import Counter
+
+    counts = Counter(inspection.splits or [])
+    excluded = len(inspection.report.table) - len(inspection.report.usable())
+    parts = ", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test"))
+    console.print(f"split: {parts} ({excluded} excluded by the checks)")
+
+
+@data_app.command("report")
+def data_report(
+    path: DataPath = None,
+    fmt: FormatOption = None,
+    out: OutOption = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes opening images (default: CPU count).")
+    ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Write an HTML exploration report (figures, samples per class, check results) and the split."""
+    extra = list(overrides or []) + ([f"check.workers={workers}"] if workers is not None else [])
+    config, data_path = _load(config_path, extra, path, fmt)
+    out_dir = out or _default_out(data_path, "report")
+    html = _report(data_path, config, out_dir)
+    console.print(f"report: {html}")
+
+
+def _report(data_path: Path, config, out_dir: Path) -> Path:
+    from carid.data.eda import write_report
+    from carid.data.inspect import splits_of_all
+
+    inspection = _inspect(data_path, config, out=out_dir, split=True)
+    inspection.report.print_summary(console)
+    _print_split(inspection)
+    return write_report(
+        inspection.table,
+        out_dir,
+        splits=splits_of_all(inspection),
+        check_summary=inspection.report.to_dict(include_images=False),
+        title=f"carid data report: {data_path.name}",
+    )
+
+
+@data_app.command("taxonomy")
+def data_taxonomy(
+    path: DataPath = None,
+    fmt: FormatOption = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Parse the dataset's class names into make, model, body type and year."""
+    from rich.table import Table
+
+    from carid.data.readers import DatasetError, read_dataset
+    from carid.taxonomy import Taxonomy
+
+    config, data_path = _load(config_path, None, path, fmt)
+    try:
+        classes = read_dataset(data_path, config.data.format).classes
+    except DatasetError as exc:
+        _fail(str(exc))
+    taxonomy = Taxonomy.from_class_names(classes)
+    table = Table("class", "make", "model", "body type", "year")
+    for entry in taxonomy.entries:
+        table.add_row(entry.name, entry.make, entry.model, entry.body_type, str(entry.year or ""))
+    console.print(table)
+    summary = taxonomy.summary()
+    console.print(f"body types: {summary.body_type_counts}")
+    if taxonomy.unparsed:
+        console.print(f"[yellow]not parsed ({len(taxonomy.unparsed)}):[/] {', '.join(taxonomy.unparsed)}")
+
+
+@app.command("run")
+def run(
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Dataset (default: the shared one).")
+    ] = None,
+    fmt: FormatOption = None,
+    out: OutOption = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """The main job, end to end on the default data: check and report the dataset."""
+    config, data_path = _load(config_path, overrides, data, fmt)
+    out_dir = out or Path("outputs") / "run" / data_path.resolve().name
+    console.rule(f"carid run: {data_path}")
+    html = _report(data_path, config, out_dir / "data")
+    console.print(f"data report: {html}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,318 @@
+"""Every setting carid has, as typed frozen dataclasses: one source of defaults.
+
+YAML files and `--set section.key=value` overrides are validated against these classes by
+pydantic (unknown keys and wrong types are errors that name the key), and every run writes its
+fully resolved config back out as YAML. The CLI only overrides; it never holds defaults of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+STRICT = ConfigDict(extra="forbid")
+
+# Where the shared datasets live relative to a checkout (../shared/datasets) and the dataset the
+# main job uses when none is given.
+DEFAULT_DATASET = "stanford-cars-crops"
+DATA_ENV = "CARID_DATA"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset and how to split it.
+
+    path: dataset folder or annotation file; None means the default shared dataset.
+    format: reader name (see `carid data formats`); None detects it.
+    split_csv: a saved split to reuse; when set, the fractions below are ignored.
+    use_format_split: keep the split the format defines (VOC trainval/test, Stanford train/test)
+        and carve validation out of its training part.
+    label_level: what the model learns: the dataset's classes, or a taxonomy level derived from the
+        Stanford-style class names (make, body_type, year).
+    """
+
+    __pydantic_config__ = STRICT
+
+    path: str | None = None
+    format: str | None = None
+    split_csv: str | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+    use_format_split: bool = True
+    label_level: Literal["class", "make", "body_type", "year"] = "class"
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """Thresholds of the data checks.
+
+    min_side: images whose shorter side is below this many pixels are tiny: an error, excluded.
+    near_duplicate_distance: perceptual-hash Hamming distance (of 64 bits) at or below which two
+        images are near duplicates (0 would be only visually identical).
+    min_per_class: classes with fewer samples are reported.
+    imbalance_ratio: largest/smallest class count above which imbalance is reported.
+    min_box_size: boxes narrower or lower than this many pixels are degenerate.
+    workers: processes used to open images; 0 = one per CPU core.
+    """
+
+    __pydantic_config__ = STRICT
+
+    min_side: int = 32
+    near_duplicate_distance: int = 4
+    min_per_class: int = 10
+    imbalance_ratio: float = 5.0
+    min_box_size: float = 2.0
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: a backbone by name plus a class head and (with boxes) a box head.
+
+    backbone: a timm model name (tf_efficientnet_lite0, mobilenetv3_large_100, resnet50, convnext_tiny, ...)
+        or a carid from-scratch net (carid_vgg; see models/scratch.py).
+    backbone_args: extra keyword arguments for the backbone factory (e.g. the VGG switches
+        {widths: [32, 64, 128], blocks_per_stage: 2, batch_norm: true, dropout: 0.25}).
+    pretrained: "offline" (ImageNet weights from an installed package, EfficientNet-Lite0/1/2),
+        "hub" (timm's pretrained=True, needs internet), or "none" (random init).
+    image_size: network input side in pixels (square).
+    hidden: units of an optional hidden dense layer in the class head (0 = none; the car-models
+        study used 512).
+    dropout: dropout before the class layer.
+    box_head: "auto" (when the dataset has boxes), "on" or "off".
+    box_hidden: hidden units of the box head MLP (0 = a single linear layer).
+    drop_path_rate: stochastic depth for timm backbones that support it (must be 0 for carid_vgg).
+    backbone_args may not set num_classes, pretrained or global_pool (the network owns those).
+    """
+
+    __pydantic_config__ = STRICT
+
+    backbone: str = "tf_efficientnet_lite0"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    pretrained: Literal["offline", "hub", "none"] = "offline"
+    image_size: int = 224
+    hidden: int = 0
+    dropout: float = 0.2
+    box_head: Literal["auto", "on", "off"] = "auto"
+    box_hidden: int = 256
+    drop_path_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation (albumentations, box-aware) and the resize mode used everywhere.
+
+    resize_mode: "stretch" (resize to a square, aspect not kept) or "letterbox" (keep aspect, pad);
+        saved with the model so prediction resizes exactly as training did.
+    scale: (min, max) area fraction kept by the random resized crop; boxes stay valid (crops never cut
+        a box out). (1.0, 1.0) disables cropping.
+    """
+
+    __pydantic_config__ = STRICT
+
+    enabled: bool = True
+    resize_mode: Literal["stretch", "letterbox"] = "stretch"
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.6, 1.0)
+    rotate: float = 0.0
+    color_jitter: float = 0.3
+    blur: float = 0.1
+    grayscale: float = 0.05
+
+
+@dataclass(frozen=True)
+class UnfreezeStep:
+    """At `epoch`, make trainable everything from backbone stage/layer `start` upwards."""
+
+    __pydantic_config__ = STRICT
+
+    epoch: int
+    start: str | int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to fit: optimizer, schedule, transfer-learning controls, callbacks, hardware.
+
+    freeze: "none", "backbone" (train heads only), or the stage name / layer index from which the
+        backbone is trainable (lower layers frozen), e.g. "blocks.4" or 70.
+    unfreeze: staged unfreezing schedule, applied by a callback.
+    backbone_lr_scale: discriminative learning rate: backbone lr = lr * this (heads get lr).
+    cache_features: with a frozen backbone, compute its features once and train the heads from the cache.
+    """
+
+    __pydantic_config__ = STRICT
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    schedule: Literal["cosine", "onecycle", "none"] = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.1
+    box_weight: float = 1.0
+    box_l1_weight: float = 1.0
+    box_giou_weight: float = 1.0
+    freeze: str | int = "none"
+    unfreeze: tuple[UnfreezeStep, ...] = ()
+    cache_features: bool = False
+    early_stopping_patience: int = 0
+    monitor: str = "val/acc"
+    seed: int = 42
+    deterministic: bool = True
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_workers: int = 2
+    channels_last: bool = True
+    tensorboard: bool = False
+    lr_find: bool = False
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The root of every carid config file."""
+
+    __pydantic_config__ = STRICT
+
+    data: DataConfig = field(default_factory=DataConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_dir: str = "runs"
+    name: str | None = None
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+T = TypeVar("T")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """["train.epochs=3", "data.path=/x"] -> nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def from_dict(cls: type[T], tree: dict[str, Any], source: str = "config") -> T:
+    """Validate a nested dict into `cls`; errors list every bad key as `section.key: problem`."""
+    try:
+        return TypeAdapter(cls).validate_python(tree)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- `--set` overrides, validated."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of sections")
+        tree = loaded or {}
+        source = str(path)
+    tree = _merge(tree, parse_overrides(overrides))
+    return from_dict(Config, tree, source)
+
+
+def save_config(config: Any, path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def shared_datasets_dir() -> Path | None:
+    """`../shared/datasets` beside the checkout (or beside the current directory), if present."""
+    candidates = [Path.cwd() / ".." / "shared" / "datasets"]
+    repo_root = Path(__file__).resolve().parents[2]
+    candidates.append(repo_root / ".." / "shared" / "datasets")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+NO_DATA_HELP = (
+    "No dataset found. Point carid at one with --data PATH (or the CARID_DATA environment "
+    "variable). To get Stanford Cars: download the images and the devkit (cars_train.tgz, "
+    "cars_test.tgz, car_devkit.tgz; e.g. from the Kaggle mirror 'jessicali9530/stanford-cars-dataset' "
+    "or the dataset's page, ai.stanford.edu/~jkrause/cars/car_dataset.html), unpack them into one "
+    "folder so that it holds devkit/cars_train_annos.mat (or cars_train_annos.mat) and cars_train/, "
+    "then run: carid data check that/folder"
+)
+
+
+def resolve_data_path(path: str | Path | None, dataset: str = DEFAULT_DATASET) -> Path:
+    """The dataset path to use: the given one, else $CARID_DATA, else the shared default.
+
+    Raises ConfigError with instructions for getting Stanford Cars when nothing is found.
+    """
+    if path is not None:
+        resolved = Path(path).expanduser()
+        if not resolved.exists():
+            raise ConfigError(f"{resolved}: no such file or directory. {NO_DATA_HELP}")
+        return resolved
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return resolve_data_path(env)
+    shared = shared_datasets_dir()
+    if shared is not None and (shared / dataset).exists():
+        return shared / dataset
+    raise ConfigError(NO_DATA_HELP)
