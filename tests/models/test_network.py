@@ -1,0 +1,148 @@
+"""CarNet: outputs with and without a box head, embeddings, freezing, parameter groups, ONNX export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from carid.config import ModelConfig
+from carid.models.backbones import Backbone
+from carid.models.heads import BoxHead, ClassHead
+from carid.models.network import CarNet, CarNetOutput, build_network, wants_box_head
+
+TINY = ModelConfig(
+    backbone="test_efficientnet", pretrained="none", image_size=32, hidden=8, dropout=0.1, box_hidden=8
+)
+
+
+def tiny_net(with_box: bool, num_classes: int = 5) -> CarNet:
+    torch.manual_seed(0)
+    return build_network(TINY, num_classes=num_classes, with_box=with_box)
+
+
+@pytest.mark.parametrize("with_box", [True, False])
+def test_output_shapes(with_box):
+    net = tiny_net(with_box).eval()
+    with torch.no_grad():
+        output = net(torch.randn(3, 3, 32, 32))
+    assert isinstance(output, CarNetOutput)
+    assert output.logits.shape == (3, 5)
+    if with_box:
+        assert output.box is not None and output.box.shape == (3, 4)
+        assert net.output_names == ("logits", "box")
+    else:
+        assert output.box is None
+        assert net.output_names == ("logits",)
+    assert net.has_box_head is with_box and net.num_classes == 5
+
+
+def test_box_output_is_valid_normalized_xyxy():
+    net = tiny_net(True).eval()
+    with torch.no_grad():
+        box = net(torch.randn(16, 3, 32, 32) * 5).box
+    assert box is not None
+    assert (box >= 0).all() and (box <= 1).all()
+    assert (box[:, 2:] >= box[:, :2]).all()
+
+
+def test_build_network_follows_the_config():
+    net = tiny_net(True, num_classes=7)
+    assert isinstance(net.backbone, Backbone) and isinstance(net.class_head, ClassHead)
+    assert isinstance(net.box_head, BoxHead)
+    assert net.class_head.fc.in_features == 8 and net.class_head.dropout.p == 0.1
+    assert net.class_head.hidden[0].in_features == net.backbone.num_features
+    assert net.box_head.hidden[0].out_features == 8
+    assert net.input_spec == net.backbone.input_spec
+
+
+def test_features_embeddings_and_heads_compose_to_forward():
+    net = tiny_net(True).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = net.forward_features(images)
+        embeddings = net.embed(images)
+        output = net(images)
+        from_cache = net.forward_heads(embeddings)
+    assert features.ndim == 4 and features.shape[1] == net.backbone.feature_channels
+    assert embeddings.shape == (2, net.backbone.num_features)
+    assert torch.equal(from_cache.logits, output.logits) and torch.equal(from_cache.box, output.box)
+
+
+def _trainable(params) -> int:
+    return sum(p.numel() for p in params if p.requires_grad)
+
+
+def test_apply_freeze_settings():
+    net = tiny_net(True)
+    heads = sum(p.numel() for p in net.head_parameters())
+    backbone = sum(p.numel() for p in net.backbone_parameters())
+    assert heads + backbone == sum(p.numel() for p in net.parameters())
+    net.apply_freeze("backbone")
+    assert _trainable(net.parameters()) == heads
+    net.apply_freeze("none")
+    assert _trainable(net.parameters()) == heads + backbone
+    net.apply_freeze("blocks.3")
+    blocks_on = sum(
+        p.numel()
+        for n, p in net.backbone.model.named_parameters()
+        if not n.startswith(("conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2"))
+    )
+    assert _trainable(net.parameters()) == heads + blocks_on
+    net.train()  # CarNet.train reaches Backbone.train: frozen BatchNorm stays in eval mode
+    assert not net.backbone.model.bn1.training and net.backbone.model.bn2.training
+    net.apply_freeze(0)
+    assert _trainable(net.parameters()) == heads + backbone
+    assert net.backbone.model.bn1.training
+
+
+def test_parameter_groups_cover_every_parameter_once_with_discriminative_lr():
+    net = tiny_net(True)
+    net.freeze_backbone()
+    groups = net.parameter_groups(lr=1e-3, backbone_lr_scale=0.1, weight_decay=0.05)
+    by_name = {group["name"]: group for group in groups}
+    assert set(by_name) == {"backbone", "backbone_no_decay", "heads", "heads_no_decay"}
+    assert by_name["backbone"]["lr"] == pytest.approx(1e-4) and by_name["heads"]["lr"] == pytest.approx(1e-3)
+    assert by_name["heads"]["weight_decay"] == 0.05 and by_name["heads_no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim < 2 for p in by_name["backbone_no_decay"]["params"])
+    ids = [id(p) for group in groups for p in group["params"]]
+    assert len(ids) == len(set(ids)) == len(list(net.parameters()))
+    torch.optim.AdamW(groups)  # accepted as is
+
+
+def test_wants_box_head():
+    assert wants_box_head("auto", True) and not wants_box_head("auto", False)
+    assert not wants_box_head("off", True)
+    assert wants_box_head("on", True)
+    with pytest.raises(ValueError, match="has no boxes"):
+        wants_box_head("on", False)
+
+
+@pytest.mark.slow  # the dynamo exporter takes 4-7 s
+@pytest.mark.parametrize("with_box", [True, False])
+def test_onnx_export_matches_pytorch(with_box, tmp_path: Path):
+    """Exported with torch.onnx.export's default (dynamo) exporter, dynamic batch size."""
+    net = tiny_net(with_box).eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(
+        net,
+        (torch.randn(2, 3, 32, 32),),
+        str(path),
+        input_names=["images"],
+        output_names=list(net.output_names),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamo=True,
+        verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [output.name for output in session.get_outputs()] == list(net.output_names)
+    images = torch.randn(3, 3, 32, 32)
+    onnx_outputs = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        expected = [t for t in net(images) if t is not None]
+    assert len(onnx_outputs) == len(expected)
+    for actual, reference in zip(onnx_outputs, expected, strict=True):
+        np.testing.assert_allclose(actual, reference.numpy(), atol=1e-4)
