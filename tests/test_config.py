@@ -62,3 +62,10 @@ def test_resolve_data_path_missing_says_how_to_get_data(tmp_path: Path, monkeypa
         resolve_data_path(tmp_path / "nothing")
     monkeypatch.setenv("CARID_DATA", str(tmp_path))
     assert resolve_data_path(None) == tmp_path
+
+
+def test_bare_on_off_in_yaml_and_overrides(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  box_head: off\n")
+    assert load_config(path).model.box_head == "off"
+    assert load_config(overrides=["model.box_head=on"]).model.box_head == "on"

@@ -252,6 +252,31 @@ def data_taxonomy(
         console.print(f"[yellow]not parsed ({len(taxonomy.unparsed)}):[/] {', '.join(taxonomy.unparsed)}")
 
 
+@app.command("train")
+def train(
+    config_path: Annotated[
+        Path, typer.Argument(help="A training recipe, e.g. configs/car-models-5-transfer.yaml.")
+    ],
+    overrides: SetOption = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run's last checkpoint after an interrupt.")
+    ] = False,
+) -> None:
+    """Train a model from a config; writes a run folder (config, split, checkpoints, metrics, curves)."""
+    from carid.config import ConfigError
+    from carid.data.readers import DatasetError
+    from carid.training.fit import train_from_cli
+
+    try:
+        result = train_from_cli(config_path, overrides, resume=resume)
+    except (ConfigError, DatasetError) as exc:
+        _fail(str(exc))
+    console.print(f"run: {result.run_dir}")
+    console.print(f"best checkpoint: {result.best_checkpoint}")
+    for key, value in sorted(result.metrics.items()):
+        console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+
+
 @app.command("run")
 def run(
     data: Annotated[

@@ -11,10 +11,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
 STRICT = ConfigDict(extra="forbid")
 
@@ -72,6 +72,15 @@ class CheckConfig:
     workers: int = 0
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `on`/`off` as true/false; give those back as the words."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: a backbone by name plus a class head and (with boxes) a box head.
@@ -100,7 +109,7 @@ class ModelConfig:
     image_size: int = 224
     hidden: int = 0
     dropout: float = 0.2
-    box_head: Literal["auto", "on", "off"] = "auto"
+    box_head: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
     box_hidden: int = 256
     drop_path_rate: float = 0.0
 
@@ -146,6 +155,8 @@ class TrainConfig:
     unfreeze: staged unfreezing schedule, applied by a callback.
     backbone_lr_scale: discriminative learning rate: backbone lr = lr * this (heads get lr).
     cache_features: with a frozen backbone, compute its features once and train the heads from the cache.
+    cache_augment_passes: with cache_features, K extra augmented passes of the train images in the cache.
+    test_after_fit: evaluate the best checkpoint on the test split when training ends (test/acc, ...).
     """
 
     __pydantic_config__ = STRICT
@@ -166,6 +177,7 @@ class TrainConfig:
     freeze: str | int = "none"
     unfreeze: tuple[UnfreezeStep, ...] = ()
     cache_features: bool = False
+    cache_augment_passes: int = 0
     early_stopping_patience: int = 0
     monitor: str = "val/acc"
     seed: int = 42
@@ -178,6 +190,7 @@ class TrainConfig:
     channels_last: bool = True
     tensorboard: bool = False
     lr_find: bool = False
+    test_after_fit: bool = True
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
 

@@ -1,0 +1,273 @@
+"""Frozen-backbone feature cache: run the backbone once, then train the heads from its embeddings.
+
+With `train.freeze: backbone` and `train.cache_features: true` the backbone never changes, so its
+pooled embeddings (`CarNet.embed`, [N, D]) of every train and val image are computed once and
+saved; every epoch then runs only the heads (`CarNet.forward_heads`) on those tensors with the same
+`CarModule` step, loss and metrics: epochs take seconds instead of minutes on CPU. The checkpoint is
+an ordinary full `CarNet` checkpoint (the untouched backbone plus the trained heads), so it
+predicts like any other.
+
+No augmentation by default: the cached embeddings are of the evaluation transform (the predictor's
+preprocessing), so the heads see each training image exactly one way. That is the price of the
+speed; `augment_passes=K` adds K augmented embeddings per training image (computed once too, with
+the run's seeded train transform), a fixed sample of augmentations rather than fresh ones per epoch.
+
+Cache: `{cache_dir}/{key}.pt` (torch.save of plain tensors, loaded with weights_only=True), written
+atomically. The key is a sha256 of everything the embeddings depend on: the backbone's name and
+weights (a hash of its state dict), the preprocessing spec (image size, resize mode, mean/std),
+every sample's path, file size and modification time, label and box, and the augmentation passes
+(with their settings and seed). Anything else changed gives a new key; a second run with the same
+key loads the file (a cache hit) instead of running the backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from carid.data.datamodule import CarDataModule, CarDataset, seed_worker_transform
+from carid.models.network import CarNet
+
+CACHE_VERSION = 1
+FIELDS = ("features", "label", "box", "has_box", "index")
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Where the cached embeddings are and whether this run computed or reused them.
+
+    counts: rows per split (train rows = images x (1 + augment_passes)).
+    seconds: time spent computing (miss) or loading (hit).
+    """
+
+    path: Path
+    key: str
+    hit: bool
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+    feature_dim: int = 0
+    augment_passes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "key": self.key,
+            "hit": self.hit,
+            "seconds": round(self.seconds, 3),
+            "counts": dict(self.counts),
+            "feature_dim": self.feature_dim,
+            "augment_passes": self.augment_passes,
+        }
+
+
+def backbone_fingerprint(network: CarNet) -> str:
+    """sha256 (hex) of the backbone's name and every tensor of its state dict (weights and buffers)."""
+    digest = hashlib.sha256(str(getattr(network.backbone, "name", type(network.backbone).__name__)).encode())
+    for name, tensor in sorted(network.backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _samples_fingerprint(dataset: CarDataset) -> str:
+    digest = hashlib.sha256()
+    for sample, label in zip(dataset.samples, dataset.labels, strict=True):
+        try:
+            stat = os.stat(sample.path)
+            file_id = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            file_id = "missing"
+        boxes = json.dumps([[round(float(v), 3) for v in box] for box in sample.boxes])
+        digest.update(f"{sample.path}|{file_id}|{label}|{boxes}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(
+    network: CarNet,
+    datamodule: CarDataModule,
+    splits: Sequence[str],
+    augment_passes: int = 0,
+    seed: int = 0,
+) -> str:
+    """The cache key (sha256 hex) of the embeddings of `splits`; see the module docstring."""
+    parts: dict[str, Any] = {
+        "version": CACHE_VERSION,
+        "backbone": backbone_fingerprint(network),
+        "preprocess": datamodule.spec.to_dict(),
+        "decode_min_side": datamodule.decode_min_side,
+        "splits": {split: _samples_fingerprint(datamodule.dataset(split)) for split in splits},
+        "augment_passes": augment_passes,
+    }
+    if augment_passes:
+        parts["augment"] = asdict(datamodule.augment)
+        parts["seed"] = seed
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@torch.inference_mode()
+def extract_features(
+    network: CarNet,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    description: str = "features",
+) -> dict[str, Tensor]:
+    """Run the backbone (eval mode) over a loader: {"features" [N, D] float32, "label" [N], "box" [N, 4],
+    "has_box" [N], "index" [N]} on the CPU, in loader order."""
+    was_training = network.training
+    network.eval().to(device)
+    collected: dict[str, list[Tensor]] = {name: [] for name in FIELDS}
+    batches: Any = loader
+    if progress:
+        from rich.progress import track
+
+        batches = track(loader, description=description, total=len(loader), transient=True)
+    try:
+        for batch in batches:
+            embeddings = network.embed(batch["image"].to(device))
+            collected["features"].append(embeddings.float().cpu())
+            for name in FIELDS[1:]:
+                collected[name].append(batch[name].cpu())
+    finally:
+        network.train(was_training)
+    if not collected["features"]:
+        raise ValueError(f"{description}: the loader yielded no images")
+    return {name: torch.cat(values) for name, values in collected.items()}
+
+
+def _augmented_loader(datamodule: CarDataModule, seed: int) -> DataLoader:
+    dataset = datamodule.dataset("train", augment=True)
+    dataset.transform.set_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    workers = datamodule.train_config.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=datamodule.train_config.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=seed_worker_transform if workers > 0 else None,
+        generator=generator,
+    )
+
+
+def _concat(parts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    return {name: torch.cat([part[name] for part in parts]) for name in FIELDS}
+
+
+def _load(path: Path, key: str) -> dict[str, dict[str, Tensor]] | None:
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key or stored.get("version") != CACHE_VERSION:
+        return None
+    return stored["splits"]
+
+
+def build_feature_cache(
+    network: CarNet,
+    datamodule: CarDataModule,
+    cache_dir: Path,
+    splits: Sequence[str] = ("train", "val"),
+    augment_passes: int = 0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, Tensor]], FeatureCache]:
+    """The embeddings of `splits` (splits without samples are left out), from the cache or computed.
+
+    Returns ({split: {"features", "label", "box", "has_box", "index"}}, FeatureCache).
+    """
+    started = time.perf_counter()
+    present = [split for split in splits if datamodule.positions.get(split)]
+    key = cache_key(network, datamodule, present, augment_passes, seed)
+    path = Path(cache_dir) / f"{key[:24]}.pt"
+    cached = _load(path, key) if path.exists() else None
+    hit = cached is not None
+    if cached is None:
+        cached = {}
+        for split in present:
+            parts = [
+                extract_features(
+                    network, datamodule.feature_dataloader(split), device, progress, f"{split} features"
+                )
+            ]
+            if split == "train":
+                for number in range(augment_passes):
+                    loader = _augmented_loader(datamodule, seed + 1 + number)
+                    parts.append(
+                        extract_features(
+                            network, loader, device, progress, f"augmented features {number + 1}"
+                        )
+                    )
+            cached[split] = _concat(parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        torch.save({"version": CACHE_VERSION, "key": key, "splits": cached}, tmp)
+        os.replace(tmp, path)
+    info = FeatureCache(
+        path=path,
+        key=key,
+        hit=hit,
+        seconds=time.perf_counter() - started,
+        counts={split: int(tensors["features"].shape[0]) for split, tensors in cached.items()},
+        feature_dim=int(next(iter(cached.values()))["features"].shape[1]) if cached else 0,
+        augment_passes=augment_passes,
+    )
+    return cached, info
+
+
+class FeatureDataset(Dataset):
+    """Rows of cached tensors as batch dicts ("features" instead of "image")."""
+
+    def __init__(self, tensors: Mapping[str, Tensor]) -> None:
+        self.tensors = dict(tensors)
+        self.length = int(self.tensors["features"].shape[0])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, position: int) -> dict[str, Tensor]:
+        return {name: values[position] for name, values in self.tensors.items()}
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Train/val loaders over cached embeddings; the train loader is shuffled with a seeded generator."""
+
+    def __init__(self, cached: Mapping[str, Mapping[str, Tensor]], batch_size: int, seed: int = 0) -> None:
+        super().__init__()
+        if "train" not in cached:
+            raise ValueError("the feature cache has no train split")
+        self.cached = dict(cached)
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = FeatureDataset(self.cached["train"])
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=len(dataset) > self.batch_size,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if "val" not in self.cached:
+            return []
+        return DataLoader(FeatureDataset(self.cached["val"]), batch_size=self.batch_size)

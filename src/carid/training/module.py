@@ -1,0 +1,306 @@
+"""`CarModule`: the thin LightningModule around a `CarNet`, and loading a checkpoint for inference.
+
+One shared step serves train, val and test: forward, `CarLoss` (a dict of loss parts), top-1 /
+top-5 accuracy (torchmetrics) and the mean IoU of predicted vs true boxes on the samples that have
+one. Everything is logged per epoch as `{stage}/{name}`: `train/loss`, `train/cls`, `train/box_l1`,
+`train/box_giou`, `train/acc`, `train/iou`, `val/loss`, `val/acc`, `val/acc_top5`, `val/iou`, ...
+
+A batch is a dict: "image" float32 [B, 3, H, W] (or "features" float32 [B, F], pooled backbone
+features from the feature cache, see `carid.training.features`), "label" int64 [B], "box" float32
+[B, 4] normalized xyxy relative to the network input, "has_box" bool [B], "index" int64 [B].
+
+Optimizer: AdamW / Adam / SGD over `CarNet.parameter_groups`: backbone and heads, each split into
+"decay" and "no_decay" (biases and normalization weights get no weight decay). Discriminative
+learning rates: the heads get `train.lr`, the backbone `train.lr * train.backbone_lr_scale`. Frozen
+backbone parameters stay in the backbone groups (optimizers skip parameters without a gradient),
+so staged unfreezing (`carid.training.callbacks`) only flips `requires_grad` and never rebuilds
+the optimizer or the schedule. The schedule (cosine, one-cycle or constant, with optional linear
+warmup) steps once per optimizer step.
+
+The checkpoint carries, under the key "carid", everything needed to predict without the config
+(`ModelMetadata`): class names, preprocessing, taxonomy, the model config, whether there is a box
+head, the label level and the carid version, as plain dicts/lists/strings, so that
+`torch.load(path, weights_only=True)` reads the whole checkpoint. `load_for_inference` rebuilds the
+network from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import Tensor, nn
+from torchvision.ops import box_iou
+
+from carid import __version__
+from carid.config import ModelConfig, TrainConfig, from_dict
+from carid.models.losses import CarLoss
+from carid.models.network import CarNet, build_network
+from carid.preprocess import PreprocessSpec
+
+CHECKPOINT_KEY = "carid"
+METADATA_VERSION = 1
+STAGES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a checkpoint must say so that a model predicts without its training config.
+
+    class_names: names of the network's outputs, in output order (taxonomy-level values when
+        label_level is not "class").
+    preprocess: `PreprocessSpec.to_dict()`.
+    model: the `ModelConfig` as a dict (backbone, heads, image size).
+    with_box: the network has a box head.
+    label_level: what the classes are: "class", "make", "body_type" or "year".
+    taxonomy: `Taxonomy.to_dict()` of the class names when label_level is "class", else None.
+    """
+
+    class_names: tuple[str, ...]
+    preprocess: dict[str, Any]
+    model: dict[str, Any]
+    with_box: bool
+    label_level: str = "class"
+    taxonomy: dict[str, Any] | None = None
+    carid_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.preprocess, source="checkpoint preprocessing")
+
+    def model_config(self) -> ModelConfig:
+        return from_dict(ModelConfig, dict(self.model), source="checkpoint model config")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (so checkpoints load with weights_only=True)."""
+        data = {
+            "version": METADATA_VERSION,
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess,
+            "model": self.model,
+            "with_box": bool(self.with_box),
+            "label_level": self.label_level,
+            "taxonomy": self.taxonomy,
+            "carid_version": self.carid_version,
+            "extra": self.extra,
+        }
+        return json.loads(json.dumps(data))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "checkpoint") -> ModelMetadata:
+        missing = [key for key in ("class_names", "preprocess", "model", "with_box") if key not in data]
+        if missing:
+            raise ValueError(f"{source}: carid metadata is missing {', '.join(missing)}")
+        return cls(
+            class_names=tuple(data["class_names"]),
+            preprocess=dict(data["preprocess"]),
+            model=dict(data["model"]),
+            with_box=bool(data["with_box"]),
+            label_level=str(data.get("label_level", "class")),
+            taxonomy=data.get("taxonomy"),
+            carid_version=str(data.get("carid_version", "unknown")),
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
+    """step -> lr factor: linear warmup to 1, then cosine to 0 ("cosine") or constant ("none")."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "none":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class CarModule(L.LightningModule):
+    """Train/validate/test a `CarNet` with `CarLoss`; see the module docstring for batches and logs."""
+
+    def __init__(self, network: CarNet, train: TrainConfig, metadata: ModelMetadata) -> None:
+        super().__init__()
+        self.network = network
+        self.train_config = train
+        self.metadata = metadata
+        self.with_box = metadata.with_box
+        self.lr = train.lr  # Lightning's learning-rate finder reads and sets this
+        self.loss_fn = CarLoss.from_config(train)
+        num_classes = metadata.num_classes
+        self.top5 = num_classes >= 5
+        # One metric object per stage and name, keyed "{stage}_{name}" (ModuleDict keys cannot be "train").
+        metrics: dict[str, nn.Module] = {}
+        for stage in STAGES:
+            metrics[f"{stage}_acc"] = torchmetrics.Accuracy(
+                task="multiclass", num_classes=num_classes, ignore_index=-1
+            )
+            if self.top5:
+                metrics[f"{stage}_acc_top5"] = torchmetrics.Accuracy(
+                    task="multiclass", num_classes=num_classes, top_k=5, ignore_index=-1
+                )
+            if self.with_box:
+                metrics[f"{stage}_iou"] = torchmetrics.MeanMetric()
+        self.metrics = nn.ModuleDict(metrics)
+
+    # --- forward -----------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor):
+        """images float32 [B, 3, H, W] -> CarNetOutput(logits [B, C], box [B, 4] or None)."""
+        if self.train_config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.network(images)
+
+    def forward_batch(self, batch: Mapping[str, Tensor]):
+        """A batch of images, or of cached pooled features, -> CarNetOutput."""
+        if "features" in batch:
+            return self.network.forward_heads(batch["features"])
+        return self(batch["image"])
+
+    def setup(self, stage: str) -> None:
+        if self.train_config.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+
+    # --- one step for every stage ---------------------------------------------------------------
+
+    def _shared_step(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
+        output = self.forward_batch(batch)
+        labels = batch["label"]
+        has_box = batch["has_box"].bool() if self.with_box else torch.zeros_like(labels, dtype=torch.bool)
+        target_boxes = batch["box"] if self.with_box else None
+        parts = self.loss_fn(output.logits, output.box, labels, target_boxes, has_box)
+        batch_size = labels.shape[0]
+        for name, value in parts.items():
+            if not self.with_box and name.startswith("box"):
+                continue
+            self.log(
+                f"{stage}/{name}",
+                value.detach(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=True,
+            )
+        logits = output.logits.detach().float()
+        names = ["acc", "acc_top5"] if self.top5 else ["acc"]
+        for name in names:
+            metric = self.metrics[f"{stage}_{name}"]
+            metric(logits, labels)
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=batch_size)
+        if self.with_box and output.box is not None and bool(has_box.any()):
+            metric = self.metrics[f"{stage}_iou"]
+            metric.update(matched_iou(output.box.detach().float()[has_box], batch["box"].float()[has_box]))
+            self.log(f"{stage}/iou", metric, on_step=False, on_epoch=True, batch_size=int(has_box.sum()))
+        if stage == "train":
+            self.log(
+                "loss", parts["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False
+            )
+        return parts["loss"]
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int):
+        return self.forward_batch(batch)
+
+    # --- optimizer and schedule -------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        train = self.train_config
+        groups = self.network.parameter_groups(self.lr, train.backbone_lr_scale, train.weight_decay)
+        if train.optimizer == "adamw":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        elif train.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=self.lr)
+        elif train.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                groups, lr=self.lr, momentum=train.momentum, nesterov=train.momentum > 0
+            )
+        else:  # the config schema already restricts this
+            raise ValueError(f"unknown optimizer {train.optimizer!r}")
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or train.epochs)
+        warmup_steps = round(train.warmup_epochs * total_steps / epochs)
+        if train.schedule == "onecycle":
+            scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[group["lr"] for group in optimizer.param_groups],
+                total_steps=total_steps + 1,
+                pct_start=min(0.5, warmup_steps / total_steps) if warmup_steps else 0.3,
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lr_lambda(total_steps, warmup_steps, train.schedule)
+            )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # --- checkpoint metadata ---------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.metadata.to_dict()
+
+
+def matched_iou(predicted: Tensor, target: Tensor) -> Tensor:
+    """IoU of predicted[i] with target[i], [N]; boxes [N, 4] xyxy (x1 <= x2, y1 <= y2)."""
+    return box_iou(predicted, target).diagonal()
+
+
+def _network_state(state_dict: Mapping[str, Tensor]) -> Iterator[tuple[str, Tensor]]:
+    prefix = "network."
+    for key, value in state_dict.items():
+        if key.startswith(prefix):
+            yield key[len(prefix) :], value
+
+
+def load_checkpoint_metadata(checkpoint_path: Path | str) -> ModelMetadata:
+    """Only the metadata of a checkpoint (still reads the whole file)."""
+    checkpoint = torch.load(Path(checkpoint_path), map_location="cpu", weights_only=True)
+    return _metadata_of(checkpoint, Path(checkpoint_path))
+
+
+def _metadata_of(checkpoint: Mapping[str, Any], path: Path) -> ModelMetadata:
+    if CHECKPOINT_KEY not in checkpoint:
+        raise ValueError(f"{path}: not a carid checkpoint (no {CHECKPOINT_KEY!r} metadata)")
+    return ModelMetadata.from_dict(checkpoint[CHECKPOINT_KEY], source=str(path))
+
+
+def load_for_inference(
+    checkpoint_path: Path | str, device: str | torch.device = "cpu"
+) -> tuple[CarNet, ModelMetadata]:
+    """Rebuild the network of a carid checkpoint, in eval mode, and its metadata.
+
+    Loads with `torch.load(weights_only=True)`: no code from the file is run. The backbone is built
+    without downloading or reading pretrained weights (`pretrained="none"`); the checkpoint's
+    weights are then loaded strictly.
+    """
+    path = Path(checkpoint_path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found") from None
+    metadata = _metadata_of(checkpoint, path)
+    config = replace(metadata.model_config(), pretrained="none")
+    network = build_network(config, num_classes=metadata.num_classes, with_box=metadata.with_box)
+    network.load_state_dict(dict(_network_state(checkpoint["state_dict"])), strict=True)
+    return network.to(device).eval(), metadata

@@ -1,0 +1,105 @@
+"""Training curves: read a run's metrics.csv (Lightning CSVLogger) and draw loss / accuracy / IoU.
+
+Lightning writes one CSV row per logging call, so the train and val metrics of one epoch sit on
+different rows and the learning-rate monitor adds rows of its own without an epoch. `epoch_metrics`
+folds them into one record per epoch (the last value logged in that epoch wins); `plot_curves`
+draws three panels from those records with matplotlib's Agg backend (no display needed) and writes
+the PNG atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+# (panel title, y label, metric names drawn in it, fixed y range or None)
+PANELS: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None], ...] = (
+    ("Loss", "loss", ("train/loss", "val/loss", "train/cls", "val/cls"), None),
+    ("Accuracy", "accuracy", ("train/acc", "val/acc", "val/acc_top5"), (0.0, 1.0)),
+    ("Box IoU", "mean IoU", ("train/iou", "val/iou"), (0.0, 1.0)),
+)
+
+
+def _number(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
+
+
+def epoch_metrics(metrics_csv: Path | str) -> list[dict[str, float]]:
+    """One dict per epoch, sorted by epoch: {"epoch": e, "step": s, metric name: value, ...}.
+
+    Rows without an epoch (e.g. learning-rate rows) are ignored. A missing file gives [].
+    """
+    path = Path(metrics_csv)
+    if not path.exists():
+        return []
+    by_epoch: dict[int, dict[str, float]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            epoch = _number(row.get("epoch"))
+            if epoch is None:
+                continue
+            record = by_epoch.setdefault(int(epoch), {"epoch": float(int(epoch))})
+            for key, text in row.items():
+                value = _number(text)
+                if key is not None and key != "epoch" and value is not None:
+                    record[key] = value
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def plot_curves(metrics_csv: Path | str, out_png: Path | str, title: str | None = None) -> Path | None:
+    """Draw loss, accuracy and IoU per epoch into `out_png`; None when there is nothing to draw."""
+    records = epoch_metrics(metrics_csv)
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_png = Path(out_png)
+    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
+    for axis, (panel_title, ylabel, names, ylim) in zip(axes, PANELS, strict=True):
+        drawn = _draw_panel(axis, records, names)
+        axis.set_title(panel_title)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, alpha=0.3)
+        if ylim is not None:
+            axis.set_ylim(*ylim)
+        if drawn:
+            axis.legend(fontsize=8)
+        else:
+            axis.text(
+                0.5, 0.5, "not logged", ha="center", va="center", transform=axis.transAxes, color="grey"
+            )
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(out_png.name + ".tmp")
+    figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    os.replace(tmp, out_png)
+    return out_png
+
+
+def _draw_panel(axis, records: Sequence[dict[str, float]], names: Sequence[str]) -> bool:
+    drawn = False
+    for name in names:
+        points = [(record["epoch"], record[name]) for record in records if name in record]
+        if not points:
+            continue
+        epochs, values = zip(*points, strict=True)
+        style = "--" if name.endswith("/cls") else "-"
+        axis.plot(epochs, values, style, marker="o", markersize=3, label=name)
+        drawn = True
+    return drawn

@@ -1,0 +1,135 @@
+"""CarModule: optimizer groups and schedules, the shared step's logged names, checkpoint metadata."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from carid.training.module import (
+    CHECKPOINT_KEY,
+    CarModule,
+    ModelMetadata,
+    load_checkpoint_metadata,
+    load_for_inference,
+    lr_lambda,
+    matched_iou,
+)
+from tests.training.helpers import TINY_MODEL, RandomBatches, make_module, metadata_for
+
+
+def fit_briefly(module: CarModule, tmp_path: Path, num_classes: int, epochs: int = 1) -> L.Trainer:
+    loader = DataLoader(RandomBatches(16, num_classes), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    return trainer
+
+
+def test_optimizer_groups_have_discriminative_learning_rates() -> None:
+    module = make_module(lr=0.01, backbone_lr_scale=0.1, weight_decay=0.05, optimizer="adamw")
+    module.trainer = SimpleNamespace(estimated_stepping_batches=20, max_epochs=2)  # type: ignore[assignment]
+    configured = module.configure_optimizers()
+    optimizer = configured["optimizer"]
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert groups["heads"]["lr"] == pytest.approx(0.01)
+    assert groups["backbone"]["lr"] == pytest.approx(0.001)
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert groups["heads"]["weight_decay"] == pytest.approx(0.05)
+    in_groups = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_groups == {id(p) for p in module.network.parameters()}
+    assert configured["lr_scheduler"]["interval"] == "step"
+
+
+@pytest.mark.parametrize(("name", "kind"), [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+def test_other_optimizers(name: str, kind: type) -> None:
+    module = make_module(optimizer=name, schedule="onecycle")
+    module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)  # type: ignore[assignment]
+    configured = module.configure_optimizers()
+    assert isinstance(configured["optimizer"], kind)
+    assert isinstance(configured["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.OneCycleLR)
+
+
+def test_lr_lambda_warmup_then_cosine() -> None:
+    factor = lr_lambda(total_steps=100, warmup_steps=10, schedule="cosine")
+    warmup = [factor(step) for step in range(10)]
+    assert warmup == sorted(warmup) and warmup[0] == pytest.approx(0.1) and warmup[-1] == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert factor(100) == pytest.approx(0.0, abs=1e-9)
+    constant = lr_lambda(total_steps=100, warmup_steps=0, schedule="none")
+    assert {constant(step) for step in (0, 50, 99)} == {1.0}
+
+
+def test_matched_iou_pairs_rows() -> None:
+    predicted = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5]])
+    target = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    assert matched_iou(predicted, target).tolist() == [1.0, 0.0]
+
+
+def test_shared_step_logs_every_part_per_epoch(tmp_path: Path) -> None:
+    module = make_module(num_classes=6, with_box=True, epochs=1, warmup_epochs=0.5)
+    trainer = fit_briefly(module, tmp_path, num_classes=6)
+    logged = set(trainer.logged_metrics)
+    expected = {"train/loss", "train/cls", "train/box_l1", "train/box_giou", "train/acc", "train/iou"}
+    expected |= {"val/loss", "val/acc", "val/acc_top5", "val/iou"}
+    assert expected <= logged
+    assert "loss" not in trainer.logged_metrics  # the progress-bar loss is not sent to loggers
+
+
+def test_without_box_head_and_few_classes_no_box_or_top5_metrics(tmp_path: Path) -> None:
+    module = make_module(num_classes=3, with_box=False)
+    trainer = fit_briefly(module, tmp_path, num_classes=3)
+    logged = set(trainer.logged_metrics)
+    assert {"val/acc", "val/loss"} <= logged
+    assert not {name for name in logged if "box" in name or "iou" in name or "top5" in name}
+
+
+def test_checkpoint_metadata_loads_weights_only_and_rebuilds_the_network(tmp_path: Path) -> None:
+    module = make_module(num_classes=3)
+    trainer = fit_briefly(module, tmp_path, num_classes=3)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw[CHECKPOINT_KEY]["class_names"] == ["class 0", "class 1", "class 2"]
+    network, metadata = load_for_inference(path)
+    assert metadata == load_checkpoint_metadata(path)
+    assert metadata.with_box and metadata.preprocess_spec().image_size == (32, 32)
+    assert metadata.model_config() == TINY_MODEL
+    images = torch.randn(4, 3, 32, 32)
+    module.network.eval()
+    with torch.no_grad():
+        expected, got = module.network(images), network(images)
+    assert torch.equal(expected.logits, got.logits)
+    assert torch.equal(expected.box, got.box)
+
+
+def test_load_for_inference_rejects_a_checkpoint_without_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="not a carid checkpoint"):
+        load_for_inference(path)
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
+        load_for_inference(tmp_path / "missing.ckpt")
+
+
+def test_metadata_round_trip_is_plain() -> None:
+    metadata = metadata_for(4)
+    data = metadata.to_dict()
+    assert ModelMetadata.from_dict(data) == metadata
+    assert isinstance(data["class_names"], list) and isinstance(data["preprocess"]["image_size"], list)
+    with pytest.raises(ValueError, match="missing"):
+        ModelMetadata.from_dict({"class_names": []})
