@@ -111,3 +111,17 @@ def test_taxonomy_command(shared_datasets: Path) -> None:
     result = runner.invoke(app, ["data", "taxonomy", str(data)])
     assert result.exit_code == 0, result.output
     assert "Hatchback" in result.output and "not parsed" not in result.output
+
+
+def test_collect_command_lists_sources_and_reports_nothing_collected(tmp_path: Path) -> None:
+    listed = runner.invoke(app, ["data", "collect", "--list-sources"])
+    assert listed.exit_code == 0 and "csv" in listed.output
+    urls = tmp_path / "urls.csv"
+    urls.write_text("label,url\nsedan,data:image/png;base64,AAAA\nsuv,file:///etc/passwd\n")
+    result = runner.invoke(app, ["data", "collect", str(urls), "--out", str(tmp_path / "photos")])
+    assert result.exit_code == 1, result.output  # nothing could be collected
+    assert (tmp_path / "photos" / "summary.json").is_file()
+    missing = runner.invoke(
+        app, ["data", "collect", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "p")]
+    )
+    assert missing.exit_code == 2

@@ -252,6 +252,91 @@ def data_taxonomy(
         console.print(f"[yellow]not parsed ({len(taxonomy.unparsed)}):[/] {', '.join(taxonomy.unparsed)}")
 
 
+@data_app.command("collect")
+def data_collect(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="A CSV with label,url columns; a <label>.txt URL list or a folder of them; "
+            "or search queries for a plugin --source.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Collection folder: <label>/ images, manifest.jsonl, summary.json."),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Image source (default: csv for .csv, list for .txt or a folder); see --list-sources."
+        ),
+    ] = None,
+    per_query: Annotated[
+        int, typer.Option(help="At most this many candidates per query (per label for csv/list); 0 = all.")
+    ] = 0,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Fetch again the URLs an earlier run failed on.")
+    ] = False,
+    max_new: Annotated[int | None, typer.Option(help="Fetch at most this many URLs in this run.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Requests in flight at once, all hosts.")] = None,
+    per_host: Annotated[int | None, typer.Option(help="Requests in flight at once to one host.")] = None,
+    retries: Annotated[
+        int | None, typer.Option(help="Retries after timeouts, 408/429/5xx, connection errors.")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds allowed for one whole response.")] = None,
+    max_mb: Annotated[float | None, typer.Option(help="Largest file accepted, in MB.")] = None,
+    min_side: Annotated[
+        int | None, typer.Option(help="Smallest accepted shorter image side, pixels.")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when any URL failed or is pending.")
+    ] = False,
+    list_sources: Annotated[
+        bool, typer.Option("--list-sources", help="List the image sources and exit.")
+    ] = False,
+) -> None:
+    """Download labelled images from URL lists or a search plugin into class folders; resumable."""
+    from carid.data.collect import CollectConfig, CollectError, SourceError, available_sources, collect
+
+    if list_sources:
+        from rich.table import Table
+
+        table = Table("source", "description")
+        for name, description in available_sources().items():
+            table.add_row(name, description)
+        console.print(table)
+        raise typer.Exit()
+    if not inputs or out is None:
+        _fail("give what to collect from and --out, e.g. carid data collect urls.csv --out photos")
+    options = {
+        "workers": workers,
+        "per_host": per_host,
+        "retries": retries,
+        "total_timeout": timeout,
+        "max_bytes": None if max_mb is None else int(max_mb * 1_000_000),
+        "min_side": min_side,
+    }
+    try:
+        config = CollectConfig(**{key: value for key, value in options.items() if value is not None})
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        summary = collect(
+            inputs,
+            out,
+            source=source,
+            per_query=per_query,
+            config=config,
+            retry_failed=retry_failed,
+            max_new=max_new,
+        )
+    except (SourceError, CollectError) as exc:
+        _fail(str(exc))
+    summary.print_summary(console)
+    raise typer.Exit(summary.exit_code(strict))
+
+
 @app.command("train")
 def train(
     config_path: Annotated[
