@@ -156,9 +156,9 @@ def fast_config(**changes: object) -> CollectConfig:
     settings: dict[str, object] = {
         "workers": 8,
         "per_host": 8,
-        "connect_timeout": 0.5,
-        "read_timeout": 0.5,
-        "total_timeout": 0.8,
+        "connect_timeout": 2.0,
+        "read_timeout": 2.0,
+        "total_timeout": 3.0,
         "retries": 1,
         "backoff_base": 0.05,
         "backoff_max": 0.1,
@@ -228,7 +228,7 @@ def test_every_kind_of_answer_gets_a_truthful_record(site: Site, tmp_path: Path)
                 else send(h, limited)
             ),
             "/down.jpg": lambda h, hit: send(h, b"down", "text/plain", status=503),
-            "/slow.jpg": lambda h, hit: (time.sleep(2.0), send(h, good_jpeg)),
+            "/slow.jpg": lambda h, hit: (time.sleep(5.0), send(h, good_jpeg)),
             "/drip.jpg": drip,
             "/redirect.jpg": redirect("/target.jpg"),
             "/target.jpg": lambda h, hit: send(h, target),
@@ -356,7 +356,7 @@ def test_every_kind_of_answer_gets_a_truthful_record(site: Site, tmp_path: Path)
     )
     assert json.loads((out / SUMMARY_NAME).read_text())["counts"] == summary.counts
     assert all(agent.startswith("carid/") for agent in site.user_agents)
-    assert elapsed < 8
+    assert elapsed < 60  # nothing hangs: every request ends at its deadline (not a speed target)
 
 
 # --- resume ----------------------------------------------------------------------------------
