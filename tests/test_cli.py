@@ -125,3 +125,26 @@ def test_collect_command_lists_sources_and_reports_nothing_collected(tmp_path: P
         app, ["data", "collect", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "p")]
     )
     assert missing.exit_code == 2
+
+
+SHARED_DEFECTS = {
+    # dataset -> texts its report must contain (the real defects the shared README lists)
+    "oxford-pets-sample": ["Abyssinian_34.jpg", "Bengal_105.xml", "multiple_objects"],
+    "stanford-cars-devkit": ["07389", "box_exceeds_photo", "missing_file"],
+    "stanford-cars-crops": ["07389", "box_exceeds_photo"],
+    "car-frames": ["no_box", "100 images of 384 have no box"],
+    "car-models-5": ["mini cooper", "outlander"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SHARED_DEFECTS))
+def test_report_on_every_shared_dataset_names_its_defects(
+    shared_datasets: Path, tmp_path: Path, name: str
+) -> None:
+    data = shared_dataset(shared_datasets, name)
+    result = runner.invoke(app, ["data", "report", str(data), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    for text in SHARED_DEFECTS[name]:
+        assert text in html, f"{name}: {text!r} missing from the report"
