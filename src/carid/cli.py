@@ -362,6 +362,281 @@ def train(
         console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
 
 
+@app.command("export")
+def export(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A run folder (uses checkpoints/best.ckpt) or a .ckpt file.", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Bundle folder to write (default: RUN/export).")
+    ] = None,
+    parity_images: Annotated[
+        int | None,
+        typer.Option(min=0, help="Photos for the PyTorch-vs-ONNX parity check (default 32; 0 skips it)."),
+    ] = None,
+    parity_data: Annotated[
+        Path | None,
+        typer.Option(help="A folder of photos for the parity check (default: the run's val/test split)."),
+    ] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle folder.")] = False,
+) -> None:
+    """Export a trained model to a bundle (model.onnx + model.json), parity-checked against PyTorch."""
+    from rich.markup import escape
+
+    from carid.export import ExportError, ParityError, export_bundle
+
+    options = {"parity_images": parity_images} if parity_images is not None else {}
+    try:
+        result = export_bundle(
+            source,
+            out=out,
+            parity_data=parity_data,
+            opset=opset,
+            overwrite=force,
+            say=lambda line: console.print(line, markup=False, highlight=False),
+            **options,
+        )
+    except ParityError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except ExportError as exc:
+        _fail(escape(str(exc)))
+    console.print(f"bundle: {result.bundle.path} ({result.seconds:.1f} s)", markup=False, highlight=False)
+
+
+@app.command("predict")
+def predict(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A bundle folder (or its model.json), a run folder or a .ckpt.", show_default=False
+        ),
+    ],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Photos: files, folders (searched recursively) or glob patterns.", show_default=False
+        ),
+    ],
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", min=1, help="Classes listed per photo (default 5).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the predictions to a .csv or .json file.")
+    ] = None,
+    annotate: Annotated[
+        Path | None, typer.Option(help="Folder for copies of the photos with the box and label drawn.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Photos per batch (default 16).")] = None,
+    backend: Annotated[
+        str, typer.Option(help="auto (ONNX Runtime for bundles, PyTorch for checkpoints), onnx or torch.")
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")
+    ] = None,
+) -> None:
+    """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint."""
+    from rich.markup import escape
+
+    from carid.bundle import BundleError
+    from carid.inference import PredictorError
+    from carid.predict_io import InputError, print_predictions, run_predict
+
+    options = {
+        key: value for key, value in (("top_k", top_k), ("batch_size", batch_size)) if value is not None
+    }
+    try:
+        result = run_predict(
+            model, paths, backend=backend, out=out, annotate_dir=annotate, threads=threads, **options
+        )
+    except (InputError, BundleError, PredictorError) as exc:
+        _fail(escape(str(exc)))
+    print_predictions(result.predictions, console)
+    total = len(result.predictions)
+    console.print(f"{total - result.num_failed} of {total} photos predicted in {result.seconds:.2f} s")
+    if result.num_failed:
+        err_console.print(f"[yellow]{result.num_failed} photo(s) could not be used[/] (see the error column)")
+    if result.output is not None:
+        console.print(f"predictions: {result.output}", markup=False, highlight=False)
+    if annotate is not None:
+        console.print(
+            f"annotated: {len(result.annotated)} photos in {annotate}", markup=False, highlight=False
+        )
+    raise typer.Exit(1 if total and result.num_failed == total else 0)
+
+
+@app.command("evaluate")
+def evaluate(
+    model: Annotated[
+        Path, typer.Argument(help="A run folder, a checkpoint (.ckpt) or an exported bundle folder.")
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A dataset (folder or annotation file) or a split CSV. Default: the run's own split.csv.",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="train, val, test or all (default: test).")
+    ] = None,
+    fmt: FormatOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: RUN/evaluation/SPLIT).")
+    ] = None,
+    fit_calibration: Annotated[
+        bool,
+        typer.Option(
+            "--fit-calibration",
+            help="Fit a temperature and an 'unknown' threshold on the validation split (calibration.json).",
+        ),
+    ] = False,
+    target_precision: Annotated[
+        float | None,
+        typer.Option(
+            "--target-precision", help="Precision the 'unknown' threshold must reach (default 0.95)."
+        ),
+    ] = None,
+    unknown_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--unknown-threshold", help="Report coverage/accuracy answering 'unknown' below this top-1."
+        ),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="Image-loading processes.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto (checkpoints).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="Bundles: auto, onnx or torch.")] = None,
+) -> None:
+    """Score a model on a split: accuracy, per-class F1, confusion, IoU, calibration, report.html."""
+    from carid.config import ConfigError
+    from carid.data.readers import DatasetError
+    from carid.evaluation.evaluate import evaluate as evaluate_model
+    from carid.evaluation.scoring import EvaluationError
+
+    given = {
+        "split": split,
+        "target_precision": target_precision,
+        "unknown_threshold": unknown_threshold,
+        "batch_size": batch_size,
+        "num_workers": workers,
+        "device": device,
+        "backend": backend,
+    }
+    options = {key: value for key, value in given.items() if value is not None}
+    try:
+        report = evaluate_model(
+            model,
+            data,
+            out_dir=out,
+            data_format=fmt,
+            fit_calibration=fit_calibration,
+            progress=True,
+            **options,
+        )
+    except (EvaluationError, ConfigError, DatasetError) as exc:
+        _fail(str(exc))
+    for line in report.summary_lines():
+        console.print(line, highlight=False)
+    console.print(f"report: {report.paths['report']}")
+    if "calibration" in report.paths:
+        console.print(f"calibration: {report.paths['calibration']} (the export stores it in a bundle)")
+
+
+@app.command("compare")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, or folders holding runs (e.g. runs/).")],
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric", "-m", help="Rank by this (default val/acc); loss-like metrics: lower is better."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: outputs/compare).")
+    ] = None,
+) -> None:
+    """Compare runs side by side: settings, best and final metrics, test scores, curves."""
+    from carid.evaluation.compare import CompareError, compare_runs
+
+    try:
+        result = compare_runs(
+            runs, **({"metric": metric} if metric else {}), out_dir=out or Path("outputs") / "compare"
+        )
+    except CompareError as exc:
+        _fail(str(exc))
+    console.print(result.rich_table(width=console.width))
+    best = result.best_run
+    console.print(f"best by {result.metric}: {best.name if best else 'none (no run records it)'}")
+    console.print(f"table: {result.paths['html']}   curves: {result.paths['curves']}")
+
+
+@app.command("sweep")
+def sweep(
+    sweep_file: Annotated[
+        Path | None,
+        typer.Argument(help="A sweep YAML: base, sweep: {key: [values]}, optional name / metric / set."),
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option("--base", "-c", help="Base config (replaces the file's 'base').")
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid", "-g", help="key=v1,v2 to sweep (repeatable), e.g. --grid model.image_size=160,224."
+        ),
+    ] = None,
+    overrides: SetOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep folder (default: runs/sweeps/NAME).")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", "-m", help="What the comparison ranks by.")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Prefix of the run names (default: the file's, else 'sweep')."),
+    ] = None,
+    no_resume: Annotated[
+        bool, typer.Option("--no-resume", help="Refuse to continue a sweep already in the folder.")
+    ] = False,
+) -> None:
+    """Train every combination of a grid, one after another (resumable), then compare the runs."""
+    from carid.config import ConfigError
+    from carid.evaluation.sweep import SweepError, SweepSpec, load_sweep_file, parse_grid, run_sweep
+
+    try:
+        spec = load_sweep_file(sweep_file) if sweep_file is not None else SweepSpec(base=None, grid={})
+        grid_values = {**spec.grid, **parse_grid(grid or [])}
+        if not grid_values:
+            _fail("nothing to sweep: give a sweep file or --grid KEY=V1,V2 (e.g. train.optimizer=adamw,sgd)")
+        prefix = name or spec.name
+        result = run_sweep(
+            base or spec.base,
+            grid_values,
+            out or Path("runs") / "sweeps" / prefix,
+            resume=not no_resume,
+            overrides=[*spec.overrides, *(overrides or [])],
+            prefix=prefix,
+            metric=metric or spec.metric,
+            progress=True,
+            say=console.print,
+        )
+    except (SweepError, ConfigError) as exc:
+        _fail(str(exc))
+    for variant in result.variants:
+        detail = f" ({variant.error})" if variant.error else ""
+        console.print(f"  {variant.status:8} {variant.name}{detail}", highlight=False)
+    if result.comparison is not None:
+        console.print(result.comparison.rich_table(width=console.width))
+        console.print(f"comparison: {result.comparison.paths['html']}")
+    console.print(f"sweep state: {result.state_path}")
+    if result.failed:
+        raise typer.Exit(1)
+
+
 @app.command("run")
 def run(
     data: Annotated[

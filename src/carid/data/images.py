@@ -116,6 +116,16 @@ def probe_image(source: Path | bytes, name: str | None = None, decode: bool = Tr
     return ImageInfo(width=width, height=height, format=fmt, mode=mode, suffix_mismatch=mismatch)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image as carid uses it: EXIF orientation applied, alpha composited on white, RGB."""
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
 def load_rgb(source: Path | bytes, name: str | None = None, min_side: int | None = None) -> Image.Image:
     """Decode to an RGB image with EXIF orientation applied.
 
@@ -133,12 +143,7 @@ def load_rgb(source: Path | bytes, name: str | None = None, min_side: int | None
             if scale >= 2:
                 image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
         image.load()
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        return image.convert("RGB")
+        return to_rgb(image)
     except OSError as exc:
         text = str(exc)
         kind = "truncated_image" if "truncated" in text.lower() else "unreadable_image"

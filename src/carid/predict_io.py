@@ -1,0 +1,377 @@
+"""The file side of `carid predict`: gather photos, run a `Predictor` with progress, write results.
+
+    gather_images(["photos/", "more/*.jpg", "one.png"]) -> sorted, de-duplicated image paths
+    run_predict(model, inputs, ...) -> PredictRun (predictions + what was written)
+    write_predictions(predictions, "out.csv" | "out.json")
+    annotate_image(prediction, image) -> a copy with the box and label drawn
+
+CSV: one row per image, columns `CSV_COLUMNS`. label is the answer ("unknown" below the bundle's
+threshold); class, model and probability are the top-1 class's; make, body_type and year are the
+rolled-up taxonomy values with their own probabilities; x1..y2 the box in original pixels; the
+timing columns are milliseconds; error is empty unless the image could not be used.
+JSON: {"format": "carid.predictions", "version": 1, "model": Predictor.info(), "predictions":
+[Prediction.to_dict(), ...]}.
+
+Like `carid.inference`, this module imports without torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from carid.bundle import write_json_atomic
+from carid.data.images import IMAGE_SUFFIXES, ImageError, is_image_file, load_rgb
+from carid.inference import Prediction, Predictor
+
+PREDICTIONS_FORMAT = "carid.predictions"
+PREDICTIONS_VERSION = 1
+OUTPUT_SUFFIXES = (".csv", ".json")
+CSV_COLUMNS: tuple[str, ...] = (
+    "path",
+    "label",
+    "probability",
+    "class",
+    "make",
+    "make_probability",
+    "model",
+    "body_type",
+    "body_type_probability",
+    "year",
+    "year_probability",
+    "unknown",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "decode_ms",
+    "preprocess_ms",
+    "inference_ms",
+    "total_ms",
+    "error",
+)
+_GLOB_CHARACTERS = frozenset("*?[")
+BOX_COLOUR = (255, 200, 0)
+UNKNOWN_COLOUR = (255, 80, 80)
+
+
+class InputError(ValueError):
+    """Inputs or outputs of `carid predict` that cannot be used; the message names the path."""
+
+
+# --- gathering photos -----------------------------------------------------------------------------
+
+
+def gather_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for image suffixes, globs expanded (`**` too).
+
+    A file named explicitly is kept whatever its suffix (a non-image then gets a per-image error).
+    Order: inputs in the order given, each folder's or glob's files sorted; duplicates dropped.
+    Raises InputError naming a path that does not exist, a glob that matches nothing, or a folder
+    without images.
+    """
+    if not inputs:
+        raise InputError("no photos given: pass files, folders or glob patterns")
+    found: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text).expanduser()
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not images:
+                raise InputError(
+                    f"{path}: no images in this folder (suffixes {', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            found.extend(images)
+        elif _GLOB_CHARACTERS & set(text):
+            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+            images = [p for p in matches if p.is_file() and is_image_file(p)]
+            images += [q for p in matches if p.is_dir() for q in sorted(p.rglob("*")) if is_image_file(q)]
+            if not images:
+                raise InputError(f"{text}: no image files match this pattern")
+            found.extend(images)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(str(path.resolve()), path)
+    return list(unique.values())
+
+
+# --- writing results -------------------------------------------------------------------------------
+
+
+def prediction_row(prediction: Prediction) -> dict[str, Any]:
+    """The CSV row of one prediction (see the module docstring); empty strings for missing values."""
+    top1 = prediction.top1
+    box = prediction.box
+    timing = prediction.timing
+
+    def level(score: Any) -> tuple[Any, Any]:
+        return ("", "") if score is None else (score.value, round(score.probability, 6))
+
+    make, make_probability = level(prediction.make)
+    body_type, body_type_probability = level(prediction.body_type)
+    year, year_probability = level(prediction.year)
+    row = {
+        "path": prediction.source,
+        "label": prediction.label or "",
+        "probability": "" if prediction.probability is None else round(prediction.probability, 6),
+        "class": "" if top1 is None else top1.label,
+        "make": make,
+        "make_probability": make_probability,
+        "model": "" if top1 is None or top1.model is None else top1.model,
+        "body_type": body_type,
+        "body_type_probability": body_type_probability,
+        "year": year,
+        "year_probability": year_probability,
+        "unknown": "" if not prediction.ok else str(prediction.unknown).lower(),
+        "decode_ms": round(timing.decode_ms, 3),
+        "preprocess_ms": round(timing.preprocess_ms, 3),
+        "inference_ms": round(timing.inference_ms, 3),
+        "total_ms": round(timing.total_ms, 3),
+        "error": prediction.error or "",
+    }
+    for name, value in zip(("x1", "y1", "x2", "y2"), box.to_list() if box else ("",) * 4, strict=True):
+        row[name] = "" if value == "" else round(float(value), 2)
+    return {column: row[column] for column in CSV_COLUMNS}
+
+
+def write_predictions(
+    predictions: Sequence[Prediction], path: Path | str, model: dict[str, Any] | None = None
+) -> Path:
+    """Write CSV or JSON by the file's suffix, atomically. model: `Predictor.info()` for the JSON."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise InputError(f"--out {path}: expected a .csv or .json file name")
+    if suffix == ".json":
+        write_json_atomic(
+            path,
+            {
+                "format": PREDICTIONS_FORMAT,
+                "version": PREDICTIONS_VERSION,
+                "model": model,
+                "predictions": [prediction.to_dict() for prediction in predictions],
+            },
+        )
+        return path
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(prediction_row(prediction) for prediction in predictions)
+    _write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --- annotated copies ---------------------------------------------------------------------------------
+
+
+def caption(prediction: Prediction) -> str:
+    """ "Audi TTS Coupe 2012 87%" (or "unknown 31%: best Audi TTS Coupe 2012")."""
+    if not prediction.ok or prediction.probability is None:
+        return f"error: {prediction.error}"
+    text = f"{prediction.label} {prediction.probability:.0%}"
+    if prediction.unknown and prediction.top1 is not None:
+        text += f" (best: {prediction.top1.label})"
+    return text
+
+
+def annotate_image(prediction: Prediction, image: Image.Image) -> Image.Image:
+    """A copy of the photo (RGB, original pixels) with the box and the caption drawn."""
+    canvas = image.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    side = min(canvas.size)
+    line = max(2, round(side / 200))
+    font = _font(max(12, round(side / 30)))
+    colour = UNKNOWN_COLOUR if prediction.unknown else BOX_COLOUR
+    text = caption(prediction)
+    if prediction.box is not None:
+        draw.rectangle(prediction.box.to_list(), outline=colour, width=line)
+        anchor = (prediction.box.x1, prediction.box.y1)
+    else:
+        anchor = (0.0, 0.0)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    width, height = right - left + 2 * line, bottom - top + 2 * line
+    x = min(max(0.0, anchor[0]), max(0.0, canvas.width - width))
+    y = anchor[1] - height if anchor[1] - height >= 0 else anchor[1]
+    draw.rectangle([x, y, x + width, y + height], fill=colour)
+    draw.text((x + line - left, y + line - top), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def annotated_path(source: Path, out_dir: Path, root: Path | None) -> Path:
+    """Where the annotated copy of `source` goes: its path under `root` (else its name) in out_dir;
+    suffixes Pillow may not write become .png."""
+    try:
+        relative = source.resolve().relative_to(root) if root is not None else Path(source.name)
+    except ValueError:
+        relative = Path(source.name)
+    suffix = source.suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png", ".bmp", ".webp"):
+        relative = relative.with_suffix(".png")
+    return out_dir / relative
+
+
+def write_annotated(predictions: Sequence[Prediction], out_dir: Path | str) -> list[Path]:
+    """Annotated copies of the predicted files (failed ones skipped) under out_dir, keeping the
+    folder structure below the inputs' common folder."""
+    out_dir = Path(out_dir)
+    good = [p for p in predictions if p.ok and Path(p.source).is_file()]
+    if not good:
+        return []
+    parents = [str(Path(p.source).resolve().parent) for p in good]
+    root = Path(os.path.commonpath(parents))
+    written: list[Path] = []
+    for prediction in good:
+        source = Path(prediction.source)
+        target = annotated_path(source, out_dir, root)
+        try:
+            image = load_rgb(source)
+        except ImageError:
+            continue  # it decoded for the prediction; a file changed meanwhile is simply not annotated
+        target.parent.mkdir(parents=True, exist_ok=True)
+        annotate_image(prediction, image).save(target)
+        written.append(target)
+    return written
+
+
+# --- the whole command ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictRun:
+    """What `carid predict` did: the predictions, the files written and how long it took."""
+
+    predictions: tuple[Prediction, ...]
+    output: Path | None
+    annotated: tuple[Path, ...]
+    seconds: float
+    model: dict[str, Any]
+
+    @property
+    def num_failed(self) -> int:
+        return sum(not p.ok for p in self.predictions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_images": len(self.predictions),
+            "num_failed": self.num_failed,
+            "output": None if self.output is None else str(self.output),
+            "annotated": [str(path) for path in self.annotated],
+            "seconds": round(self.seconds, 3),
+            "model": self.model,
+        }
+
+
+def run_predict(
+    model: Path | str,
+    inputs: Sequence[str | Path],
+    top_k: int = 5,
+    batch_size: int = 16,
+    backend: str = "auto",
+    out: Path | str | None = None,
+    annotate_dir: Path | str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    on_batch: Callable[[list[Prediction]], None] | None = None,
+) -> PredictRun:
+    """Load the model, gather the photos, predict in batches (with a progress bar), write results.
+
+    Raises InputError (paths, output name), PredictorError / BundleError (the model).
+    """
+    started = time.perf_counter()
+    if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"--out {out}: expected a .csv or .json file name")
+    paths = gather_images(inputs)
+    predictor = Predictor.load(model, backend=backend, threads=threads)
+    predictions: list[Prediction] = []
+    batches = predictor.predict_batches(paths, top_k=top_k, batch_size=batch_size)
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (
+            TextColumn("predicting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task("predict", total=len(paths))
+            for batch in batches:
+                predictions.extend(batch)
+                bar.advance(task, len(batch))
+                if on_batch is not None:
+                    on_batch(batch)
+    else:
+        for batch in batches:
+            predictions.extend(batch)
+            if on_batch is not None:
+                on_batch(batch)
+    info = predictor.info()
+    output = None if out is None else write_predictions(predictions, out, model=info)
+    annotated = [] if annotate_dir is None else write_annotated(predictions, annotate_dir)
+    return PredictRun(
+        predictions=tuple(predictions),
+        output=output,
+        annotated=tuple(annotated),
+        seconds=time.perf_counter() - started,
+        model=info,
+    )
+
+
+def print_predictions(predictions: Sequence[Prediction], console: Any, limit: int = 20) -> None:
+    """A rich table of the first `limit` predictions (path, answer, probability, make, body, year, box)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("path", "label", "prob.", "make", "body type", "year", "box (px)")
+    for prediction in predictions[:limit]:
+        if not prediction.ok:
+            table.add_row(escape(prediction.source), f"[red]{escape(prediction.error or '')}[/]")
+            continue
+        box = "" if prediction.box is None else " ".join(f"{v:.0f}" for v in prediction.box.to_list())
+        table.add_row(
+            escape(prediction.source),
+            escape(prediction.label or ""),
+            f"{prediction.probability:.3f}" if prediction.probability is not None else "",
+            escape(prediction.make.value) if prediction.make else "",
+            escape(prediction.body_type.value) if prediction.body_type else "",
+            escape(prediction.year.value) if prediction.year else "",
+            box,
+        )
+    console.print(table)
+    if len(predictions) > limit:
+        console.print(f"... and {len(predictions) - limit} more")

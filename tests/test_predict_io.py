@@ -1,0 +1,144 @@
+"""Tests for carid.predict_io: gathering photos, CSV/JSON outputs, annotated copies, the whole run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carid.predict_io import (
+    BOX_COLOUR,
+    CSV_COLUMNS,
+    PREDICTIONS_FORMAT,
+    InputError,
+    annotate_image,
+    caption,
+    gather_images,
+    run_predict,
+    write_annotated,
+    write_predictions,
+)
+from tests.conftest import write_image
+from tests.test_inference import CAR_CLASSES, stub_predictor
+
+
+def test_gather_folders_globs_and_files(tmp_path: Path) -> None:
+    a = write_image(tmp_path / "photos" / "a.jpg")
+    b = write_image(tmp_path / "photos" / "nested" / "deeper" / "b.png")
+    (tmp_path / "photos" / "readme.txt").write_text("x", encoding="utf-8")
+    c = write_image(tmp_path / "more" / "c.png")
+    d = write_image(tmp_path / "more" / "d.webp")
+    odd = tmp_path / "odd.dat"
+    odd.write_bytes(b"named explicitly: kept, it will get a per-image error")
+    found = gather_images([tmp_path / "photos", str(tmp_path / "more" / "*.png"), odd, a])
+    assert found == [a, b, c, odd], (
+        "folder sorted and recursive, glob filtered, explicit file kept, no repeats"
+    )
+    assert gather_images([str(tmp_path / "**" / "*.webp")]) == [d]
+    assert gather_images([str(tmp_path / "mo*")]) == [c, d], "a glob matching a folder takes its images"
+
+
+def test_gather_names_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no photos given"):
+        gather_images([])
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(InputError, match=f"{missing}: no such file or folder"):
+        gather_images([missing])
+    with pytest.raises(InputError, match="no image files match"):
+        gather_images([str(tmp_path / "*.jpg")])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(InputError, match="empty: no images in this folder"):
+        gather_images([tmp_path / "empty"])
+
+
+def _predictions(tmp_path: Path):
+    photos = [
+        write_image(tmp_path / "in" / f"{name}.png", size=(64, 48), seed=i) for i, name in enumerate("ab")
+    ]
+    broken = tmp_path / "in" / "broken.jpg"
+    broken.write_text("not a photo", encoding="utf-8")
+    predictor, _ = stub_predictor(logits=[1.2, 1.2, 0.0, 1.5])
+    return predictor, predictor.predict([photos[0], broken, photos[1]], top_k=3)
+
+
+def test_csv_and_json_outputs_parse(tmp_path: Path) -> None:
+    predictor, predictions = _predictions(tmp_path)
+    csv_path = write_predictions(predictions, tmp_path / "out" / "p.csv")
+    with csv_path.open(encoding="utf-8", newline="") as stream:
+        reader = csv.DictReader(stream)
+        rows = list(reader)
+    assert tuple(reader.fieldnames or ()) == CSV_COLUMNS and len(rows) == 3
+    good, bad = rows[0], rows[1]
+    first = predictions[0]
+    assert good["path"] == first.source and good["label"] == "BMW M3 Coupe 2012" == good["class"]
+    assert float(good["probability"]) == pytest.approx(first.probability, abs=1e-6)
+    assert (good["make"], good["model"], good["body_type"], good["year"]) == ("Audi", "M3", "Coupe", "2012")
+    assert float(good["make_probability"]) == pytest.approx(first.make.probability, abs=1e-6)
+    assert good["unknown"] == "false" and good["error"] == ""
+    assert first.box is not None
+    np.testing.assert_allclose(
+        [float(good[k]) for k in ("x1", "y1", "x2", "y2")], first.box.to_list(), atol=0.01
+    )
+    assert float(good["total_ms"]) > 0
+    assert bad["label"] == "" and "broken.jpg" in bad["error"] and bad["x1"] == ""
+
+    json_path = write_predictions(predictions, tmp_path / "out" / "p.json", model=predictor.info())
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    assert data["format"] == PREDICTIONS_FORMAT and data["model"]["class_names"] == list(CAR_CLASSES)
+    assert data["predictions"] == [json.loads(json.dumps(p.to_dict())) for p in predictions]
+    with pytest.raises(InputError, match=r"\.csv or \.json"):
+        write_predictions(predictions, tmp_path / "p.txt")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.csv", "p.json"]
+
+
+def test_annotated_copies(tmp_path: Path) -> None:
+    _, predictions = _predictions(tmp_path)
+    first = predictions[0]
+    photo = Image.open(first.source).convert("RGB")
+    drawn = annotate_image(first, photo)
+    assert drawn.size == photo.size and drawn is not photo
+    assert first.box is not None
+    x2, y2 = int(first.box.x2) - 1, int(first.box.y2) - 1  # bottom-right corner: the box outline
+    assert drawn.getpixel((x2, y2)) == BOX_COLOUR
+    assert np.asarray(photo).tobytes() == np.asarray(Image.open(first.source).convert("RGB")).tobytes()
+    assert caption(first).startswith("BMW M3 Coupe 2012 ") and caption(first).endswith("%")
+
+    written = write_annotated(predictions, tmp_path / "annotated")
+    assert sorted(p.name for p in written) == ["a.png", "b.png"], "failed photos are skipped"
+    assert all(p.parent == tmp_path / "annotated" for p in written)
+    assert Image.open(written[0]).size == (64, 48)
+
+
+@pytest.mark.slow
+def test_run_predict_end_to_end_on_the_tiny_bundle(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from tests.test_export import tiny_bundle_dir, tiny_run_dir
+
+    bundle = tiny_bundle_dir(tmp_path_factory)
+    photos = tiny_run_dir(tmp_path_factory).parent.parent / "data" / "images"
+    seen: list[int] = []
+    result = run_predict(
+        bundle,
+        [photos],
+        top_k=2,
+        batch_size=10,
+        out=tmp_path / "p.json",
+        annotate_dir=tmp_path / "annotated",
+        progress=True,
+        on_batch=lambda batch: seen.append(len(batch)),
+    )
+    assert seen == [10, 10, 4] and len(result.predictions) == 24 and result.num_failed == 0
+    data = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
+    assert len(data["predictions"]) == 24 and data["model"]["backend"] == "onnx"
+    assert all(len(p["top_k"]) == 2 for p in data["predictions"])
+    assert len(result.annotated) == 24 and all(p.is_file() for p in result.annotated)
+    assert result.to_dict()["num_images"] == 24
+    with pytest.raises(InputError, match=r"expected a \.csv or \.json"):
+        run_predict(bundle, [photos], out=tmp_path / "p.xml")
