@@ -637,6 +637,48 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command("explain")
+def explain(
+    model: Annotated[Path, typer.Argument(help="A carid checkpoint (.ckpt) written by `carid train`.")],
+    images: Annotated[list[Path], typer.Argument(help="Photos to explain.", show_default=False)],
+    out: OutOption = None,
+    method: Annotated[str, typer.Option("--method", "-m", help="gradcam, shap or both.")] = "gradcam",
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="Class to explain, index or name. Default: the predicted class."),
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer", help="Grad-CAM layer (module name). Default: the backbone's last feature map."
+        ),
+    ] = None,
+    shap_evals: Annotated[
+        int | None, typer.Option("--shap-evals", help="SHAP model evaluations per photo (more = finer).")
+    ] = None,
+) -> None:
+    """Explain a model's decisions on photos: Grad-CAM (class and box) and SHAP pictures (PNG)."""
+    from carid.explain import ExplainError, explain_images
+
+    out_dir = out or Path("outputs") / "explain" / model.stem
+    options = {} if shap_evals is None else {"shap_evals": shap_evals}
+    try:
+        results = explain_images(
+            model, images, out_dir, methods=method, target=target, layer=layer, **options
+        )
+    except ExplainError as exc:
+        _fail(str(exc))
+    for result in results:
+        if not result.ok:
+            err_console.print(f"[bold red]error:[/] {result.error}", highlight=False, soft_wrap=True)
+            continue
+        console.print(f"{result.image}: {result.label} ({result.probability:.1%})", highlight=False)
+        for kind, path in result.files.items():
+            console.print(f"  {kind}: {path}", highlight=False)
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)
+
+
 @app.command("run")
 def run(
     data: Annotated[
