@@ -55,6 +55,8 @@ BUNDLE_FORMAT = "carid.bundle"
 BUNDLE_VERSION = 1
 METADATA_FILE = "model.json"
 MODEL_FILE = "model.onnx"
+# An ensemble of bundles is a folder with this file instead (`carid.evaluation.ensemble`).
+ENSEMBLE_FILE = "ensemble.json"
 INPUT_NAME = "images"
 LOGITS, BOX, EMBEDDING = "logits", "box", "embedding"
 

@@ -209,19 +209,12 @@ def data_report(
 
 
 def _report(data_path: Path, config, out_dir: Path) -> Path:
-    from carid.data.eda import write_report
-    from carid.data.inspect import splits_of_all
+    from carid.data.inspect import write_data_report
 
     inspection = _inspect(data_path, config, out=out_dir, split=True)
     inspection.report.print_summary(console)
     _print_split(inspection)
-    return write_report(
-        inspection.table,
-        out_dir,
-        splits=splits_of_all(inspection),
-        check_summary=inspection.report.to_dict(include_images=False),
-        title=f"carid data report: {data_path.name}",
-    )
+    return write_data_report(inspection, out_dir, title=f"carid data report: {data_path.name}")
 
 
 @data_app.command("taxonomy")
@@ -637,6 +630,117 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command("ensemble")
+def ensemble(
+    members: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Member bundles, or run folders with an export (RUN/export); same class names.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble folder to write.", show_default=False)],
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="mean, weighted or expert (default mean).")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Split CSV or dataset to fit on (default: a member run's split.csv)."),
+    ] = None,
+    fit_on: Annotated[
+        str | None, typer.Option("--fit-on", help="Split the weights are fitted on (default val).")
+    ] = None,
+    fmt: FormatOption = None,
+    box_mode: Annotated[str | None, typer.Option("--box-mode", help="mean or best (default mean).")] = None,
+    target_precision: Annotated[
+        float | None,
+        typer.Option("--target-precision", help="Also store an 'unknown' threshold reaching this precision."),
+    ] = None,
+    no_calibrate: Annotated[
+        bool, typer.Option("--no-calibrate", help="Keep temperature 1 (do not fit it on the fit split).")
+    ] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Ensemble name (default: the folder's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing ensemble folder.")] = False,
+) -> None:
+    """Combine exported models into one ensemble folder (weights fitted on the validation split)."""
+    from rich.markup import escape
+
+    from carid.bundle import BundleError
+    from carid.config import ConfigError
+    from carid.data.readers import DatasetError
+    from carid.evaluation.ensemble import build_ensemble
+    from carid.evaluation.scoring import EvaluationError
+
+    given = {
+        "mode": mode,
+        "fit_on": fit_on,
+        "box_mode": box_mode,
+        "target_precision": target_precision,
+        "name": name,
+    }
+    options = {key: value for key, value in given.items() if value is not None}
+    try:
+        built = build_ensemble(
+            members,
+            out,
+            data=data,
+            data_format=fmt,
+            calibrate=not no_calibrate,
+            overwrite=force,
+            progress=True,
+            say=lambda line: console.print(line, markup=False, highlight=False),
+            **options,
+        )
+    except (BundleError, EvaluationError, ConfigError, DatasetError) as exc:
+        _fail(escape(str(exc)))
+    for line in built.summary_lines():
+        console.print(line, markup=False, highlight=False)
+
+
+@app.command("calibrate")
+def calibrate(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A bundle folder, a run folder (its export/) or an ensemble folder.", show_default=False
+        ),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="A dataset or a split CSV. Default: the run's split.csv.", show_default=False),
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split to fit on (default val).")] = None,
+    fmt: FormatOption = None,
+    target_precision: Annotated[
+        float | None,
+        typer.Option(
+            "--target-precision", help="Precision the 'unknown' threshold must reach (default 0.95)."
+        ),
+    ] = None,
+    no_threshold: Annotated[bool, typer.Option("--no-threshold", help="Store the temperature only.")] = False,
+    backend: Annotated[str | None, typer.Option("--backend", help="auto, onnx or torch.")] = None,
+) -> None:
+    """Fit the temperature and the 'unknown' threshold on validation images; store them in the bundle."""
+    from rich.markup import escape
+
+    from carid.bundle import BundleError
+    from carid.config import ConfigError
+    from carid.data.readers import DatasetError
+    from carid.evaluation.ensemble import calibrate_model
+    from carid.evaluation.scoring import EvaluationError
+
+    given = {"split": split, "target_precision": target_precision, "backend": backend}
+    options = {key: value for key, value in given.items() if value is not None}
+    try:
+        update = calibrate_model(
+            model, data, data_format=fmt, set_threshold=not no_threshold, progress=True, **options
+        )
+    except (BundleError, EvaluationError, ConfigError, DatasetError) as exc:
+        _fail(escape(str(exc)))
+    for line in update.summary_lines():
+        console.print(line, markup=False, highlight=False)
+
+
 @app.command("explain")
 def explain(
     model: Annotated[Path, typer.Argument(help="A carid checkpoint (.ckpt) written by `carid train`.")],
@@ -686,15 +790,38 @@ def run(
     ] = None,
     fmt: FormatOption = None,
     out: OutOption = None,
-    config_path: ConfigOption = None,
+    config_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Training recipe (default: the packaged quickstart, a short CPU run)."
+        ),
+    ] = None,
     overrides: SetOption = None,
 ) -> None:
-    """The main job, end to end on the default data: check and report the dataset."""
-    config, data_path = _load(config_path, overrides, data, fmt)
+    """The main job, end to end: check → train (short CPU schedule) → evaluate → export → predict."""
+    from carid.config import ConfigError, resolve_data_path
+    from carid.data.readers import DatasetError
+    from carid.pipeline import quickstart_config, run_main_job
+
+    try:
+        extra = list(overrides or []) + ([f"data.format={fmt}"] if fmt else [])
+        config = quickstart_config(config_path, extra)
+        data_path = resolve_data_path(data if data is not None else config.data.path)
+    except ConfigError as exc:
+        _fail(str(exc))
     out_dir = out or Path("outputs") / "run" / data_path.resolve().name
     console.rule(f"carid run: {data_path}")
-    html = _report(data_path, config, out_dir / "data")
-    console.print(f"data report: {html}")
+    try:
+        result = run_main_job(
+            data_path, out_dir, config, say=lambda line: console.print(line, highlight=False)
+        )
+    except (ConfigError, DatasetError) as exc:
+        _fail(str(exc))
+    console.rule("done")
+    for name, path in result.paths.items():
+        console.print(f"{name}: {path}", highlight=False)
+    timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.seconds.items())
+    console.print(f"time: {timing}", highlight=False)
 
 
 def main() -> None:

@@ -3,12 +3,16 @@
 YAML files and `--set section.key=value` overrides are validated against these classes by
 pydantic (unknown keys and wrong types are errors that name the key), and every run writes its
 fully resolved config back out as YAML. The CLI only overrides; it never holds defaults of its own.
+
+The nested-dict tools here (`read_yaml`, `set_dotted`, `parse_overrides`, `merge_trees`,
+`apply_overrides`) are the ones every module uses for config trees (training, sweeps).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -217,33 +221,56 @@ class ConfigError(ValueError):
 T = TypeVar("T")
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def read_yaml(path: Path | str, what: str = "config file") -> Any:
+    """The parsed YAML of a file (None for an empty one).
+
+    Raises ConfigError "<path>: <what> not found" or "<path>: not valid YAML (<parser message>)".
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """tree["a"]["b"]["c"] = value for "a.b.c", in place, creating the sections on the way.
+
+    The value replaces whatever was there (a mapping value is not merged). Raises ConfigError
+    "<dotted>: '<part>' is a value, not a section" when a part on the way holds a non-mapping.
+    """
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
+            raise ConfigError(f"{dotted}: {key!r} is a value, not a section")
         node = child
     node[keys[-1]] = value
 
 
-def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+def parse_overrides(overrides: Sequence[str] | None) -> dict[str, Any]:
     """["train.epochs=3", "data.path=/x"] -> nested dict; values are parsed as YAML scalars."""
     tree: dict[str, Any] = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {exc}") from None
     return tree
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_trees(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: `base` with `update` laid over it, mappings merged key by key (deeply), any other
+    value replaced. Neither argument is changed."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge_trees(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -262,23 +289,25 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def apply_overrides(config: Config, overrides: Sequence[str] | None) -> Config:
+    """`config` with `--set key=value` overrides applied (merged as in `load_config`) and validated."""
+    if not overrides:
+        return config
+    return from_dict(Config, merge_trees(to_dict(config), parse_overrides(overrides)), "--set")
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- `--set` overrides, validated."""
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of sections")
         tree = loaded or {}
         source = str(path)
-    tree = _merge(tree, parse_overrides(overrides))
+    tree = merge_trees(tree, parse_overrides(overrides))
     return from_dict(Config, tree, source)
 
 

@@ -7,8 +7,10 @@
         --softmax(logits / temperature) --unknown threshold --taxonomy roll-up --box to original pixels
         --> Prediction per image (errors per image: one unreadable file does not stop the batch)
 
-`Predictor.load(path)` accepts a bundle folder (or its model.json), a `.ckpt` checkpoint, or a run
-folder (its `export/` bundle when present, else `checkpoints/best.ckpt` on PyTorch). backend="auto"
+`Predictor.load(path)` accepts a bundle folder (or its model.json), a `.ckpt` checkpoint, a run
+folder (its `export/` bundle when present, else `checkpoints/best.ckpt` on PyTorch), or an ensemble
+folder (ensemble.json: `carid.evaluation.ensemble.EnsemblePredictor`, which runs each member bundle
+on its own preprocessing and combines their probabilities). backend="auto"
 picks ONNX Runtime for bundles and PyTorch for checkpoints; backend="torch" on a bundle runs the
 bundle's source checkpoint with the bundle's calibration (to compare the two backends).
 
@@ -35,6 +37,7 @@ from carid import boxes as box_math
 from carid.bundle import (
     BOX,
     EMBEDDING,
+    ENSEMBLE_FILE,
     INPUT_NAME,
     LOGITS,
     METADATA_FILE,
@@ -458,6 +461,10 @@ class Predictor:
         path = Path(path)
         if not path.exists():
             raise PredictorError(f"{path}: no such file or folder")
+        if (path.is_dir() and (path / ENSEMBLE_FILE).is_file()) or path.name == ENSEMBLE_FILE:
+            from carid.evaluation.ensemble import EnsemblePredictor
+
+            return EnsemblePredictor.load(path, backend, providers=providers, threads=threads, device=device)
         if (path.is_dir() and (path / METADATA_FILE).is_file()) or path.name == METADATA_FILE:
             return cls._from_bundle(Bundle.load(path), backend, providers, threads, device)
         if path.is_file() and path.suffix == ".onnx":
@@ -597,24 +604,16 @@ class Predictor:
     def _predict_batch(
         self, images: Sequence[ImageInput], names: Sequence[str], top_k: int
     ) -> list[Prediction]:
-        prepared = [prepare_image(image, self.spec, name) for image, name in zip(images, names, strict=True)]
+        prepared = self._prepare(images, names)
         good = [item for item in prepared if item.error is None]
         results: dict[int, Prediction] = {}
         if good:
-            batch = np.stack([item.array for item in good])  # type: ignore[misc]
             started = time.perf_counter()
-            outputs = self.backend.run(batch)
+            logits, boxes = self._forward(good)
             inference_ms = _ms_since(started) / len(good)
-            logits = np.asarray(outputs[LOGITS], dtype=np.float64)
-            if logits.shape != (len(good), self.metadata.num_classes):
-                raise PredictorError(
-                    f"{self.source or 'model'}: the network gave logits of shape {list(logits.shape)} for "
-                    f"{len(good)} images, but model.json lists {self.metadata.num_classes} classes"
-                )
             probabilities = apply_temperature(logits, self.metadata.temperature)
             indices, top_probabilities = apply_unknown(probabilities, self.metadata.unknown_threshold or 0.0)
             rolled = {level: roll_up(probabilities, self.taxonomy, level) for level in self._level_values}
-            boxes = outputs.get(BOX) if self.metadata.with_box else None
             positions = [i for i, item in enumerate(prepared) if item.error is None]
             for row, position in enumerate(positions):
                 results[position] = self._prediction(
@@ -623,7 +622,7 @@ class Predictor:
                     int(indices[row]),
                     float(top_probabilities[row]),
                     {level: values[row] for level, values in rolled.items()},
-                    None if boxes is None else np.asarray(boxes[row], dtype=np.float64),
+                    None if boxes is None else boxes[row],
                     top_k,
                     inference_ms,
                 )
@@ -632,6 +631,35 @@ class Predictor:
             or Prediction(source=item.name, error=item.error, timing=Timing(decode_ms=item.decode_ms))
             for i, item in enumerate(prepared)
         ]
+
+    def _prepare(self, images: Sequence[ImageInput], names: Sequence[str]) -> list[PreparedImage]:
+        """Decode and preprocess each input with this model's spec (errors per image, never raises)."""
+        return [prepare_image(image, self.spec, name) for image, name in zip(images, names, strict=True)]
+
+    def _forward(self, prepared: Sequence[PreparedImage]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run the network on prepared images (none with an error).
+
+        Returns (logits float64 [B, C] before the temperature, boxes float64 [B, 4] absolute xyxy
+        pixels of each original photo, clipped to it, or None without a box head). An ensemble
+        overrides this (and `_prepare`) to run its members and combine them.
+        """
+        outputs = self.backend.run(np.stack([item.array for item in prepared]))  # type: ignore[misc]
+        logits = np.asarray(outputs[LOGITS], dtype=np.float64)
+        if logits.shape != (len(prepared), self.metadata.num_classes):
+            raise PredictorError(
+                f"{self.source or 'model'}: the network gave logits of shape {list(logits.shape)} for "
+                f"{len(prepared)} images, but model.json lists {self.metadata.num_classes} classes"
+            )
+        if not self.metadata.with_box:
+            return logits, None
+        normalized = np.asarray(outputs[BOX], dtype=np.float64)
+        boxes = np.empty((len(prepared), 4), dtype=np.float64)
+        for row, item in enumerate(prepared):
+            geometry = item.geometry
+            assert geometry is not None
+            pixels = geometry.boxes_to_original(normalized[row][None, :])
+            boxes[row] = box_math.clip(pixels, geometry.original_width, geometry.original_height)[0]
+        return logits, boxes
 
     def _prediction(
         self,
@@ -652,10 +680,7 @@ class Predictor:
         geometry = item.geometry
         assert geometry is not None
         original = (geometry.original_width, geometry.original_height)
-        mapped = None
-        if box is not None:
-            pixels = box_math.clip(geometry.boxes_to_original(box[None, :]), *original)[0]
-            mapped = Box(*(float(value) for value in pixels))
+        mapped = None if box is None else Box(*(float(value) for value in box))
         return Prediction(
             source=item.name,
             label=label,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from carid.config import load_config
 from carid.evaluation.sweep import (
     STATE_FILE,
     SweepError,
@@ -18,6 +19,7 @@ from carid.evaluation.sweep import (
     parse_grid,
     run_sweep,
     split_top_level,
+    variant_config,
     variant_name,
 )
 from carid.training.fit import train
@@ -103,6 +105,18 @@ def test_variant_names_are_deterministic_readable_and_distinct() -> None:
     assert variant_name("s", {"train.lr": 0.1, "model.lr": [8, 16]}) == "s-train_lr-0.1-model_lr-8_16"
     long_name = variant_name("s", {"model.backbone": "x" * 200})
     assert len(long_name) <= 120 and long_name != variant_name("s", {"model.backbone": "x" * 199 + "y"})
+
+
+def test_a_variant_config_replaces_the_base_values_of_its_keys(tmp_path: Path) -> None:
+    base = load_config(overrides=["model.backbone_args={widths: [8, 16], blocks_per_stage: 2}"])
+    grid = {"model.backbone_args": [{"widths": [4]}], "model.image_size": [48]}
+    (variant,) = expand_grid(grid)
+    config = variant_config(base, variant, tmp_path)
+    assert config.model.backbone_args == {"widths": [4]}  # replaced, not merged
+    assert (config.model.image_size, config.name, config.run_dir) == (48, variant.name, str(tmp_path))
+    (through_a_value,) = expand_grid({"model.backbone_args.widths.first": [4]})
+    with pytest.raises(SweepError, match=r"model\.backbone_args\.widths\.first: 'widths' is a value"):
+        variant_config(base, through_a_value, tmp_path)
 
 
 def test_a_sweep_file_gives_base_grid_overrides_and_name(tmp_path: Path) -> None:

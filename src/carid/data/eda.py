@@ -10,37 +10,41 @@ as key/value rows, distribution figures and a grid of sample images with their b
 
 It is fast on large datasets: the distributions come from the widths, heights and boxes already in
 the table (the checks fill the sizes in), and only the images shown in the grid are decoded, at
-reduced size (`carid.data.images.load_rgb(min_side=...)`). Figures are drawn with matplotlib's
-object API on the Agg canvas (no pyplot global state, no display needed); the page is rendered by
-Jinja2 with autoescaping, so file names and messages can never inject markup.
+reduced size (`carid.data.images.load_rgb(min_side=...)`). Figures, files and the page go through
+`carid.reporting` (matplotlib's object API on the Agg canvas; Jinja2 with autoescaping, so file
+names and messages can never inject markup; `templates/report.html` extends the shared base page).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import resources
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jinja2 import Environment, StrictUndefined
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from carid import __version__
 from carid.data.images import ImageError, load_rgb
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.reporting import (
+    REPORT_NAME,
+    ReportFigure,
+    add_figure,
+    data_uri,
+    draw_boxes,
+    jpeg_bytes,
+    render_page,
+    write_atomic,
+    write_figures,
+)
 
-REPORT_NAME = "report.html"
-FIGURES_DIR = "figures"
-TEMPLATE = "templates/report.html"
+TEMPLATE = "report.html"  # in carid/data/templates/
 # Every file write_report may put in figures/; those a run does not produce are removed, so a
 # report rewritten into the same folder never sits beside figures of an earlier dataset.
 FIGURE_FILES = frozenset(
@@ -74,21 +78,6 @@ SPLIT_COLOURS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868", UNASSI
 
 
 @dataclass(frozen=True)
-class ReportFigure:
-    """One figure: its file name in figures/, title, caption and PNG/JPEG bytes."""
-
-    name: str
-    title: str
-    caption: str
-    data: bytes
-    mime: str = "image/png"
-
-    @property
-    def data_uri(self) -> str:
-        return _data_uri(self.data, self.mime)
-
-
-@dataclass(frozen=True)
 class GridCell:
     """One thumbnail of the sample grid."""
 
@@ -106,29 +95,6 @@ class GridRow:
 
 
 # --- small helpers -----------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def _data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
-def _jpeg(image: Image.Image, quality: int = 85) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def _severity(value: Severity | str) -> str:
@@ -552,10 +518,7 @@ def _figures(
 ) -> list[ReportFigure]:
     samples = table.samples
     figures: list[ReportFigure] = []
-
-    def add(name: str, title: str, caption: str, figure: Figure | None) -> None:
-        if figure is not None:
-            figures.append(ReportFigure(name, title, caption, _png(figure)))
+    add = partial(add_figure, figures)  # add(name, title, caption, figure or None)
 
     add(
         "class_counts.png",
@@ -644,13 +607,8 @@ def _thumbnail(sample: Sample, mark_no_box: bool, error_kind: str | None) -> Gri
     except Exception as exc:  # a report must not stop at one odd file, whatever Pillow raises
         return GridCell(_placeholder(f"cannot read: {exc}"), sample.path.name, sample.source, "cannot read")
     factor = image.width / float(original_width)
-    draw = ImageDraw.Draw(image)
-    for i, box in enumerate(sample.boxes * factor):
-        if not np.all(np.isfinite(box)):
-            continue
-        x1, x2 = sorted((float(box[0]), float(box[2])))  # inverted boxes (bad data) are drawn too
-        y1, y2 = sorted((float(box[1]), float(box[3])))
-        draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOURS[i % len(BOX_COLOURS)], width=2)
+    colours = [BOX_COLOURS[i % len(BOX_COLOURS)] for i in range(len(sample.boxes))]
+    draw_boxes(image, zip(sample.boxes, colours, strict=True), scale=(factor, factor))
     note = None
     if error_kind:
         note = f"excluded: {_kind_text(error_kind)}"
@@ -752,10 +710,6 @@ def _grid_image(rows: Sequence[GridRow]) -> Image.Image | None:
 # --- the page ------------------------------------------------------------------------------------
 
 
-def _template() -> str:
-    return resources.files("carid.data").joinpath(TEMPLATE).read_text(encoding="utf-8")
-
-
 def write_report(
     table: SampleTable,
     out_dir: Path | str,
@@ -790,21 +744,18 @@ def write_report(
     if grid_image is not None:
         figures_for_files = [
             *figures,
-            ReportFigure("sample_grid.jpg", "Sample images", grid_note, _jpeg(grid_image), "image/jpeg"),
+            ReportFigure("sample_grid.jpg", "Sample images", grid_note, jpeg_bytes(grid_image), "image/jpeg"),
         ]
     else:
         figures_for_files = figures
-    for figure in figures_for_files:
-        _write_atomic(out_dir / FIGURES_DIR / figure.name, figure.data)
-    for stale in FIGURE_FILES - {figure.name for figure in figures_for_files}:
-        (out_dir / FIGURES_DIR / stale).unlink(missing_ok=True)
+    write_figures(figures_for_files, out_dir, known=FIGURE_FILES)
     grid = [
         {
             "title": row.title,
             "total": row.total,
             "cells": [
                 {
-                    "uri": _data_uri(_jpeg(cell.image), "image/jpeg"),
+                    "uri": data_uri(jpeg_bytes(cell.image), "image/jpeg"),
                     "caption": cell.caption,
                     "source": cell.source,
                     "note": cell.note,
@@ -814,13 +765,10 @@ def write_report(
         }
         for row in rows
     ]
-    environment = Environment(
-        autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
-    )
-    page = environment.from_string(_template()).render(
+    page = render_page(
+        "carid.data",
+        TEMPLATE,
         title=title or f"Data report: {table.root.name or table.root}",
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        version=__version__,
         summary=_summary_lines(table, problems, kinds),
         facts=_facts(table),
         split_rows=_split_rows(table, split_names) if split_names is not None else [],
@@ -833,5 +781,5 @@ def write_report(
         grid_note=grid_note,
     )
     report = out_dir / REPORT_NAME
-    _write_atomic(report, page.encode("utf-8"))
+    write_atomic(report, page.encode("utf-8"))
     return report

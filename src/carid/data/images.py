@@ -66,6 +66,25 @@ def _orientation_swaps_axes(image: Image.Image) -> bool:
     return orientation in (5, 6, 7, 8)
 
 
+def _display_name(source: Path | bytes, name: str | None) -> str:
+    """How messages name the image: `name`, else the path, else "<upload>" for bytes."""
+    return name or str(source if not isinstance(source, bytes) else "<upload>")
+
+
+def _failure_kind(exc: Exception) -> str:
+    """The ImageError kind of a Pillow failure: OSError saying "truncated" -> truncated_image; any
+    other OSError, and the SyntaxError / ValueError Pillow raises for some corrupt files ->
+    unreadable_image."""
+    if isinstance(exc, OSError) and "truncated" in str(exc).lower():
+        return "truncated_image"
+    return "unreadable_image"
+
+
+def _decode_error(name: str, exc: Exception) -> ImageError:
+    """The ImageError for pixels that fail to decode (`image.load()`)."""
+    return ImageError(name, _failure_kind(exc), f"cannot decode ({exc})")
+
+
 def _open(source: Path | bytes, name: str) -> Image.Image:
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -79,8 +98,7 @@ def _open(source: Path | bytes, name: str) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(name, "too_many_pixels", f"too many pixels ({exc})") from exc
     except OSError as exc:
-        kind = "truncated_image" if "truncated" in str(exc).lower() else "unreadable_image"
-        raise ImageError(name, kind, f"cannot open: {exc}") from exc
+        raise ImageError(name, _failure_kind(exc), f"cannot open: {exc}") from exc
     if image.width * image.height > MAX_PIXELS:
         raise ImageError(
             name, "too_many_pixels", f"{image.width}x{image.height} exceeds the {MAX_PIXELS:,}-pixel limit"
@@ -94,7 +112,7 @@ def probe_image(source: Path | bytes, name: str | None = None, decode: bool = Tr
     Raises ImageError (kind: missing_file, not_an_image, truncated_image, unreadable_image,
     too_many_pixels).
     """
-    label = name or str(source if not isinstance(source, bytes) else "<upload>")
+    label = _display_name(source, name)
     image = _open(source, label)
     with image:
         fmt = image.format or "unknown"
@@ -104,12 +122,8 @@ def probe_image(source: Path | bytes, name: str | None = None, decode: bool = Tr
         if decode:
             try:
                 image.load()
-            except OSError as exc:
-                text = str(exc)
-                kind = "truncated_image" if "truncated" in text.lower() else "unreadable_image"
-                raise ImageError(label, kind, f"cannot decode ({text})") from exc
-            except (SyntaxError, ValueError) as exc:  # Pillow raises these for some corrupt files
-                raise ImageError(label, "unreadable_image", f"cannot decode ({exc})") from exc
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise _decode_error(label, exc) from exc
     suffix = Path(label).suffix.lower()
     expected = _FORMAT_SUFFIXES.get(fmt)
     mismatch = bool(suffix) and expected is not None and suffix not in expected
@@ -134,7 +148,7 @@ def load_rgb(source: Path | bytes, name: str | None = None, min_side: int | None
     `carid.preprocess.decode_scale(original_size, decoded_size)`.
     Alpha is composited on white; CMYK, palette and grey images are converted.
     """
-    label = name or str(source if not isinstance(source, bytes) else "<upload>")
+    label = _display_name(source, name)
     image = _open(source, label)
     try:
         if min_side and image.format == "JPEG":
@@ -144,9 +158,5 @@ def load_rgb(source: Path | bytes, name: str | None = None, min_side: int | None
                 image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
         image.load()
         return to_rgb(image)
-    except OSError as exc:
-        text = str(exc)
-        kind = "truncated_image" if "truncated" in text.lower() else "unreadable_image"
-        raise ImageError(label, kind, f"cannot decode ({text})") from exc
-    except (SyntaxError, ValueError) as exc:  # Pillow raises these for some corrupt files
-        raise ImageError(label, "unreadable_image", f"cannot decode ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _decode_error(label, exc) from exc

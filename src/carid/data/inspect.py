@@ -91,3 +91,16 @@ def summarize_split(inspection: Inspection) -> dict[str, object]:
     if inspection.splits is None:
         return {}
     return split_summary(inspection.report.usable(), inspection.splits)
+
+
+def write_data_report(inspection: Inspection, out_dir: Path, title: str) -> Path:
+    """The HTML data report of an inspection (all samples, excluded ones included, with their split)."""
+    from carid.data.eda import write_report
+
+    return write_report(
+        inspection.table,
+        out_dir,
+        splits=splits_of_all(inspection),
+        check_summary=inspection.report.to_dict(include_images=False),
+        title=title,
+    )

@@ -37,7 +37,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from carid.evaluation.report import data_uri, figure_png, render_page, write_atomic
+from carid.reporting import data_uri, figure_png, render_page, write_atomic
 from carid.training.plots import epoch_metrics
 
 COMPARE_TEMPLATE = "compare.html"
@@ -548,6 +548,7 @@ def write_comparison(result: ComparisonResult, out_dir: Path) -> ComparisonResul
     result = replace(result, paths=paths)
     write_atomic(paths["json"], (json.dumps(result.to_dict(), indent=2) + "\n").encode("utf-8"))
     page = render_page(
+        "carid.evaluation",
         COMPARE_TEMPLATE,
         title=f"Comparison of {len(result.runs)} runs by {result.metric}",
         metric=result.metric,

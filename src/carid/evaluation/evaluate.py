@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -68,7 +67,7 @@ from carid.evaluation.metrics import (
     evaluate_predictions,
     rejection_stats,
 )
-from carid.evaluation.report import EvaluationView, write_atomic, write_evaluation_report
+from carid.evaluation.report import EvaluationView, write_evaluation_report
 from carid.evaluation.scoring import (
     EvaluationError,
     ModelLocation,
@@ -79,6 +78,7 @@ from carid.evaluation.scoring import (
     resolve_model,
     target_boxes,
 )
+from carid.reporting import write_atomic, write_json
 
 SPLIT_CHOICES: tuple[str, ...] = ("train", "val", "test", "all")
 SPLIT_CSV_COLUMNS = frozenset({"path", "label", "split"})
@@ -677,16 +677,12 @@ def evaluate(
     timing["report"] = time.perf_counter() - tick
     timing["total"] = time.perf_counter() - started
     report = replace(report, out_dir=target, paths=paths)
-    _write_json(target / "evaluation.json", report.to_dict())
+    write_json(target / "evaluation.json", report.to_dict())
     return report
 
 
 # ----------------------------------------------------------------------------------------------
 # Files
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
 
 
 def predictions_csv(scored: ScoredSamples, class_names: Sequence[str]) -> str:
@@ -769,7 +765,7 @@ def write_outputs(report: EvaluationReport, out_dir: Path, source: ScoreSource) 
     paths["predictions"] = predictions
     if report.calibration is not None:
         calibration = out_dir / "calibration.json"
-        _write_json(calibration, {"model": report.model.get("path"), **report.calibration.to_dict()})
+        write_json(calibration, {"model": report.model.get("path"), **report.calibration.to_dict()})
         paths["calibration"] = calibration
     scored = report.scored
     view = EvaluationView(

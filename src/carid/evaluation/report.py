@@ -17,38 +17,40 @@ fitted, the temperature and the "unknown" threshold), notes about the data (unkn
 unreadable images), the most confused pairs with a thumbnail of a mistaken photo (true box green,
 predicted box red) beside a photo of the class it was taken for, and a per-class table.
 
-The figure and page helpers (`figure_png`, `write_atomic`, `render_page`) are shared with
-`carid.evaluation.compare`. Figures use matplotlib's object API on the Agg canvas (no pyplot state,
-no display), like `carid.data.eda`, whose `ReportFigure` record is reused here; the page is rendered
-by Jinja2 with autoescaping, so class names and file names cannot inject markup.
+Figures, files and the page go through `carid.reporting`, shared with `carid.data.eda` and
+`carid.evaluation.compare`: matplotlib's object API on the Agg canvas (no pyplot state, no display)
+and Jinja2 with autoescaping, so class names and file names cannot inject markup;
+`templates/evaluation.html` extends the shared base page.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import resources
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jinja2 import Environment, StrictUndefined
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
-from PIL import ImageDraw
 
-from carid import __version__
-from carid.data.eda import ReportFigure
 from carid.data.samples import Problem, Sample
 from carid.evaluation.metrics import EvaluationResult
+from carid.reporting import (
+    REPORT_NAME,
+    ReportFigure,
+    add_figure,
+    data_uri,
+    draw_boxes,
+    jpeg_bytes,
+    render_page,
+    write_atomic,
+    write_figures,
+)
 from carid.taxonomy import Taxonomy
 
-REPORT_NAME = "report.html"
-FIGURES_DIR = "figures"
-TEMPLATE = "evaluation.html"
+TEMPLATE = "evaluation.html"  # in carid/evaluation/templates/
 FIGURE_FILES = frozenset(
     {"confusion.png", "confusion_top.png", "reliability.png", "per_class_f1.png", "iou.png"}
 )
@@ -58,41 +60,10 @@ MAX_PAIR_EXAMPLES = 12  # confused pairs shown with thumbnails
 THUMB_SIZE = 150  # pixels, longer side of a thumbnail
 TRUE_BOX_COLOUR = (40, 200, 60)
 PREDICTED_BOX_COLOUR = (235, 40, 40)
-DPI = 100
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared helpers (also used by compare.py)
-
-
-def figure_png(figure: Figure, dpi: int = DPI) -> bytes:
-    """PNG bytes of a matplotlib figure (Agg canvas)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to `path` through a temporary name, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def render_page(template: str, **context: Any) -> str:
-    """Render `templates/<template>` of this package with autoescaping; missing variables are errors."""
-    text = resources.files("carid.evaluation").joinpath("templates", template).read_text(encoding="utf-8")
-    environment = Environment(
-        autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
-    )
-    return environment.from_string(text).render(
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=__version__, **context
-    )
+# Formatting
 
 
 def _percent(value: float | None, digits: int = 1) -> str:
@@ -322,10 +293,7 @@ def evaluation_figures(view: EvaluationView) -> list[ReportFigure]:
     """Every figure of the report, as PNG bytes with a title and caption."""
     result = view.result
     figures: list[ReportFigure] = []
-
-    def add(name: str, title: str, caption: str, figure: Figure | None) -> None:
-        if figure is not None:
-            figures.append(ReportFigure(name, title, caption, figure_png(figure)))
+    add = partial(add_figure, figures)  # add(name, title, caption, figure or None)
 
     add(
         "confusion.png",
@@ -381,17 +349,9 @@ def thumbnail(sample: Sample, boxes: Sequence[tuple[np.ndarray, tuple[int, int, 
         return None
     image = decoded.image.copy()
     image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-    scale_x = image.width / decoded.original_size[0]
-    scale_y = image.height / decoded.original_size[1]
-    draw = ImageDraw.Draw(image)
-    for box, colour in boxes:
-        if box is None or not np.all(np.isfinite(box)):
-            continue
-        x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
-        draw.rectangle((x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y), outline=colour, width=2)
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
+    scale = (image.width / decoded.original_size[0], image.height / decoded.original_size[1])
+    draw_boxes(image, boxes, scale)
+    return jpeg_bytes(image)
 
 
 def _box_row(boxes: np.ndarray | None, row: int) -> np.ndarray | None:
@@ -509,15 +469,11 @@ def write_evaluation_report(view: EvaluationView, out_dir: Path | str) -> dict[s
     """
     out_dir = Path(out_dir)
     figures = evaluation_figures(view)
-    paths: dict[str, Path] = {}
-    for figure in figures:
-        target = out_dir / FIGURES_DIR / figure.name
-        write_atomic(target, figure.data)
-        paths[Path(figure.name).stem] = target
-    for stale in FIGURE_FILES - {figure.name for figure in figures}:
-        (out_dir / FIGURES_DIR / stale).unlink(missing_ok=True)
+    written = write_figures(figures, out_dir, known=FIGURE_FILES)
+    paths = {Path(name).stem: path for name, path in written.items()}
     result = view.result
     page = render_page(
+        "carid.evaluation",
         TEMPLATE,
         title=view.title,
         facts=list(view.facts),

@@ -12,6 +12,9 @@ to this protocol, so a PyTorch checkpoint and an exported ONNX bundle are evalua
 - `BundleScoreSource`: an exported bundle (a folder with model.json + model.onnx), scored through
   `carid.inference.Predictor`: the predictor's own image preparation and backend (ONNX Runtime by
   default), raw logits from the network, probabilities with the bundle's temperature applied.
+- `carid.evaluation.ensemble.EnsembleScoreSource`: an ensemble folder (ensemble.json + member
+  bundles): each member scored as a bundle, probabilities combined; its "logits" are the log of the
+  combined probabilities, so a temperature fitted on them is absolute too.
 
 Probabilities are what the model gives its users: softmax(logits) for a checkpoint,
 softmax(logits / T) for a bundle calibrated with temperature T. Logits are always the network's
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 BUNDLE_METADATA = "model.json"  # `carid.bundle.METADATA_FILE`; the ONNX file it names sits beside it
+ENSEMBLE_METADATA = "ensemble.json"  # `carid.bundle.ENSEMBLE_FILE`; member bundles in members/
 MAX_LISTED_LABELS = 8
 
 
@@ -126,8 +130,8 @@ class ScoreSource(Protocol):
 
 @dataclass(frozen=True)
 class ModelLocation:
-    """A model path resolved: kind "checkpoint" or "bundle", the file or folder to load, and the run
-    folder it belongs to (None for a bundle or a checkpoint outside a run)."""
+    """A model path resolved: kind "checkpoint", "bundle" or "ensemble", the file or folder to load,
+    and the run folder it belongs to (None for a bundle, an ensemble or a checkpoint outside a run)."""
 
     kind: str
     path: Path
@@ -148,19 +152,29 @@ def is_bundle(path: Path) -> bool:
     return path.is_dir() and (path / BUNDLE_METADATA).is_file()
 
 
+def is_ensemble(path: Path) -> bool:
+    """An ensemble of bundles: a folder with ensemble.json (`carid.evaluation.ensemble`)."""
+    return path.is_dir() and (path / ENSEMBLE_METADATA).is_file()
+
+
 def is_run_dir(path: Path) -> bool:
     """A training run folder: config.yaml beside a checkpoints/ folder."""
     return path.is_dir() and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
 
 
 def resolve_model(path: Path | str) -> ModelLocation:
-    """Run folder (its checkpoints/best.ckpt, else last.ckpt), checkpoint file, or bundle folder.
+    """Run folder (its checkpoints/best.ckpt, else last.ckpt), checkpoint file, bundle folder or
+    ensemble folder.
 
     Raises EvaluationError naming the path and what was expected.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise EvaluationError(f"{path}: no such file or folder (expected a run folder, a .ckpt or a bundle)")
+    if is_ensemble(path):
+        return ModelLocation("ensemble", path.resolve(), None)
+    if path.name == ENSEMBLE_METADATA and is_ensemble(path.parent):
+        return ModelLocation("ensemble", path.parent.resolve(), None)
     if is_bundle(path):
         return ModelLocation("bundle", path.resolve(), None)
     if path.is_dir():
@@ -196,11 +210,16 @@ def open_score_source(
     num_workers: int = 0,
     backend: str | None = None,
 ) -> ScoreSource:
-    """The score source of a run folder, a checkpoint or a bundle (see `resolve_model`).
+    """The score source of a run folder, a checkpoint, a bundle or an ensemble (see `resolve_model`).
 
-    backend: for bundles, the `Predictor` backend ("onnx" or "torch"; None = "auto", ONNX Runtime).
+    backend: for bundles (and an ensemble's members), the `Predictor` backend ("onnx" or "torch";
+    None = "auto", ONNX Runtime).
     """
     location = path if isinstance(path, ModelLocation) else resolve_model(path)
+    if location.kind == "ensemble":
+        from carid.evaluation.ensemble import EnsembleScoreSource
+
+        return EnsembleScoreSource(location.path, backend=backend, batch_size=batch_size)
     if location.kind == "bundle":
         return BundleScoreSource(location.path, backend=backend, batch_size=batch_size)
     return TorchScoreSource(location.path, device=device, batch_size=batch_size, num_workers=num_workers)

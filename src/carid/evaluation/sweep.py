@@ -49,8 +49,9 @@ from typing import Any
 import yaml
 
 from carid import __version__
-from carid.config import Config, ConfigError, from_dict, load_config, to_dict
+from carid.config import Config, ConfigError, from_dict, load_config, read_yaml, set_dotted, to_dict
 from carid.evaluation.compare import CompareError, ComparisonResult, compare_runs
+from carid.reporting import write_json
 
 log = logging.getLogger(__name__)
 
@@ -254,23 +255,15 @@ def expand_grid(grid: Mapping[str, Sequence[Any]], prefix: str = DEFAULT_PREFIX)
     return variants
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    node = tree
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
 def variant_config(base: Config, variant: Variant, out_dir: Path) -> Config:
-    """`base` with the variant's values, named after it and writing its run into `out_dir`."""
+    """`base` with the variant's values (each replacing the base value of its key), named after it
+    and writing its run into `out_dir`."""
     tree = to_dict(base)
-    for key, value in variant.values.items():
-        _set_dotted(tree, key, value)
+    try:
+        for key, value in variant.values.items():
+            set_dotted(tree, key, value)
+    except ConfigError as exc:  # a key below a free-form mapping (backbone_args) that runs into a value
+        raise SweepError(f"grid key {exc}") from None
     tree["name"] = variant.name
     tree["run_dir"] = str(out_dir)
     try:
@@ -298,11 +291,9 @@ def load_sweep_file(path: Path | str) -> SweepSpec:
     """Read a sweep YAML file (see the module docstring); SweepError naming the file and key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SweepError(f"{path}: sweep file not found") from None
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML ({exc})") from None
+        data = read_yaml(path, "sweep file")
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from None
     if not isinstance(data, dict):
         raise SweepError(f"{path}: a sweep file is a mapping with a 'sweep' section")
     unknown = sorted(set(data) - SWEEP_FILE_KEYS)
@@ -422,9 +413,7 @@ class SweepState:
 
     def save(self) -> None:
         data = {**self.header, "updated": _now(), "variants": [v.to_dict() for v in self.variants.values()]}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        tmp.replace(self.path)
+        write_json(self.path, data)
 
 
 # ----------------------------------------------------------------------------------------------

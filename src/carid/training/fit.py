@@ -58,9 +58,8 @@ from carid import __version__
 from carid.config import (
     Config,
     ConfigError,
-    from_dict,
+    apply_overrides,
     load_config,
-    parse_overrides,
     resolve_data_path,
     save_config,
     to_dict,
@@ -69,6 +68,7 @@ from carid.data.datamodule import CarDataModule, sample_label
 from carid.data.samples import SampleTable
 from carid.data.split import load_split, save_split, splits_of
 from carid.preprocess import INTERPOLATIONS, PreprocessSpec
+from carid.reporting import figure_png, write_atomic, write_json
 from carid.taxonomy import Taxonomy
 from carid.training.callbacks import StagedUnfreezing
 from carid.training.module import CarModule, ModelMetadata
@@ -116,23 +116,6 @@ class RunResult:
 
 
 # --- config and run directory ------------------------------------------------------------------
-
-
-def _merged(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merged(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def apply_overrides(config: Config, overrides: Sequence[str] | None) -> Config:
-    """`config` with `--set key=value` overrides applied and validated."""
-    if not overrides:
-        return config
-    return from_dict(Config, _merged(to_dict(config), parse_overrides(list(overrides))), "--set")
 
 
 def default_run_name(config: Config) -> str:
@@ -388,12 +371,6 @@ def _monitor_mode(monitor: str) -> str:
 # --- files -----------------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def _checkpoint_progress(path: Path) -> tuple[int, int]:
     """(epoch, global_step) recorded in a Lightning checkpoint."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -567,7 +544,7 @@ def train(
         "feature_cache": None if feature_cache is None else feature_cache.to_dict(),
         "seconds": metrics["seconds"],
     }
-    _write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir, best, last_path, metrics)
 
 
@@ -740,15 +717,13 @@ def _find_lr(
     else:
         log.warning("the learning-rate finder gave no suggestion; keeping train.lr = %s", config.train.lr)
     if write:
-        _write_json(record_path, record)
+        write_json(record_path, record)
         try:
             import matplotlib
 
             matplotlib.use("Agg")
             figure = finder.plot(suggest=suggestion is not None)
-            tmp = run_dir / "lr_find.png.tmp"
-            figure.savefig(tmp, format="png", dpi=100)
-            tmp.replace(run_dir / "lr_find.png")
+            write_atomic(run_dir / "lr_find.png", figure_png(figure))
             import matplotlib.pyplot as plt
 
             plt.close(figure)

@@ -1,0 +1,147 @@
+"""The main job, `carid run`: check → train (a short CPU schedule) → evaluate → export → predict.
+
+Each stage is the library function its own command calls (`inspect_dataset`, `train`, `evaluate`,
+`export_bundle`, `Predictor`), run in order on one dataset with one split, so the main job is a
+worked example of the whole tool and its outputs are the same files the commands write. The
+training recipe is `carid/recipes/quickstart.yaml` (a frozen backbone trained from cached
+features); `--config` replaces it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from carid.config import Config, load_config
+
+QUICKSTART = "quickstart.yaml"
+PREDICT_EXAMPLES = 5
+
+
+@dataclass
+class MainJobResult:
+    """What `carid run` produced: file paths per stage, seconds per stage, example predictions."""
+
+    paths: dict[str, Path] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    predictions: list[Any] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "paths": {name: str(path) for name, path in self.paths.items()},
+            "seconds": {name: round(value, 2) for name, value in self.seconds.items()},
+            "metrics": self.metrics,
+            "predictions": [prediction.to_dict() for prediction in self.predictions],
+        }
+
+
+def quickstart_config(config_path: Path | None, overrides: Sequence[str] | None) -> Config:
+    """The training recipe of the main job: the packaged quickstart unless a config is given."""
+    if config_path is not None:
+        return load_config(config_path, list(overrides or []))
+    recipe = resources.files("carid.recipes").joinpath(QUICKSTART)
+    with resources.as_file(recipe) as path:
+        return load_config(path, list(overrides or []))
+
+
+def run_main_job(
+    data_path: Path,
+    out_dir: Path,
+    config: Config,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    console: Console | None = None,
+) -> MainJobResult:
+    """Run every stage on `data_path`, writing under `out_dir`; `say` reports each stage's result
+    and `console`, when given, also shows the data-check table."""
+    from carid.config import save_config
+    from carid.data.inspect import inspect_dataset, splits_of_all, write_data_report
+    from carid.evaluation.evaluate import evaluate
+    from carid.export import export_bundle
+    from carid.inference import Predictor
+    from carid.training.fit import train
+
+    result = MainJobResult()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def stage(name: str) -> Callable[[], None]:
+        started = time.perf_counter()
+
+        def done() -> None:
+            result.seconds[name] = time.perf_counter() - started
+
+        return done
+
+    done = stage("check")
+    inspection = inspect_dataset(
+        data_path, config.data, config.check, out_dir=out_dir / "data", progress=progress
+    )
+    if console is not None:
+        inspection.report.print_summary(console)
+    result.paths["data_report"] = write_data_report(
+        inspection, out_dir / "data", title=f"carid data report: {data_path.name}"
+    )
+    result.paths["split"] = inspection.paths["split"]
+    done()
+    usable = len(inspection.report.usable())
+    say(f"check: {len(inspection.table)} images, {usable} usable; report {result.paths['data_report']}")
+
+    done = stage("train")
+    train_config = _with_data(config, data_path, inspection.paths["split"], out_dir / "runs")
+    save_config(train_config, out_dir / "train-config.yaml")
+    run = train(train_config, default_name="quickstart", progress=progress)
+    result.paths["run"] = run.run_dir
+    done()
+    result.metrics.update({k: float(v) for k, v in run.metrics.items() if isinstance(v, int | float)})
+    say(f"train: {run.run_dir} (val acc {run.metrics.get('val/acc', float('nan')):.3f})")
+
+    done = stage("evaluate")
+    report = evaluate(
+        run.run_dir, split="test", out_dir=out_dir / "evaluation", fit_calibration=True, progress=progress
+    )
+    result.paths["evaluation"] = report.paths["report"]
+    result.metrics["test/acc"] = float(report.accuracy)
+    done()
+    say(f"evaluate: test accuracy {report.accuracy:.3f}; report {report.paths['report']}")
+
+    done = stage("export")
+    exported = export_bundle(run.run_dir, out=out_dir / "bundle", overwrite=True, say=lambda line: None)
+    if report.calibration is not None:
+        from carid.bundle import update_calibration
+
+        update_calibration(
+            exported.bundle.path,
+            temperature=report.calibration.temperature,
+            unknown_threshold=report.calibration.threshold.threshold,
+        )
+    result.paths["bundle"] = exported.bundle.path
+    done()
+    say(f"export: {exported.bundle.path} (parity checked on real images)")
+
+    done = stage("predict")
+    splits = splits_of_all(inspection)
+    held_out = [
+        sample.path for sample, split in zip(inspection.table.samples, splits, strict=True) if split == "test"
+    ]
+    predictor = Predictor.load(exported.bundle.path)
+    result.predictions = predictor.predict(held_out[:PREDICT_EXAMPLES], top_k=3)
+    done()
+    for prediction in result.predictions:
+        box = "" if prediction.box is None else f", box {prediction.box.to_dict()}"
+        answer = f"{prediction.label} ({prediction.probability or 0:.1%})"
+        say(f"predict: {Path(prediction.source).name}: {answer}{box}")
+    return result
+
+
+def _with_data(config: Config, data_path: Path, split_csv: Path, run_dir: Path) -> Config:
+    from dataclasses import replace
+
+    data = replace(config.data, path=str(data_path), split_csv=str(split_csv))
+    return replace(config, data=data, run_dir=str(run_dir))

@@ -1,0 +1,48 @@
+"""The main job end to end on a tiny synthetic boxed dataset: check → train → evaluate → export → predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from carid.cli import app
+from carid.config import Config, from_dict
+from carid.pipeline import quickstart_config, run_main_job
+from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
+
+
+def test_quickstart_recipe_is_a_frozen_cached_backbone() -> None:
+    config = quickstart_config(None, ["train.epochs=5"])
+    assert config.train.freeze == "backbone" and config.train.cache_features
+    assert config.model.pretrained == "offline" and config.train.epochs == 5
+
+
+def test_main_job_runs_every_stage(tmp_path: Path) -> None:
+    data = draw_boxed_dataset(tmp_path / "cars", per_class=8)
+    tree = tiny_config_tree(data, tmp_path / "unused-runs", train={"epochs": 2})
+    config = from_dict(Config, tree)
+    lines: list[str] = []
+    result = run_main_job(data, tmp_path / "out", config, say=lines.append, progress=False)
+
+    for name in ("data_report", "split", "run", "evaluation", "bundle"):
+        assert Path(result.paths[name]).exists(), name
+    assert (Path(result.paths["bundle"]) / "model.onnx").is_file()
+    assert set(result.seconds) == {"check", "train", "evaluate", "export", "predict"}
+    assert 0.0 <= result.metrics["test/acc"] <= 1.0
+    # predictions on held-out photos, with a box in the photo's pixels
+    assert result.predictions and all(p.error is None for p in result.predictions)
+    assert all(p.box is not None and p.box.x2 <= 64 and p.box.y2 <= 48 for p in result.predictions)
+    stages = [line.split(":")[0] for line in lines]
+    assert stages[:4] == ["check", "train", "evaluate", "export"] and "predict" in stages
+
+
+def test_run_command_with_a_config(tmp_path: Path, monkeypatch) -> None:
+    data = draw_boxed_dataset(tmp_path / "cars", per_class=6)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_config_tree(data, tmp_path / "runs")))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", "--config", str(recipe), "--data", str(data), "--out", "job"])
+    assert result.exit_code == 0, result.output
+    assert "evaluate: test accuracy" in result.output and "bundle:" in result.output
