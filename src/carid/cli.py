@@ -460,6 +460,59 @@ def predict(
     raise typer.Exit(1 if total and result.num_failed == total else 0)
 
 
+@app.command("serve")
+def serve(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A bundle folder (or its model.json), a run folder or a .ckpt.", show_default=False
+        ),
+    ],
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)."),
+    ] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="TCP port (default 8000).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Server processes, each with its own model copy (default 1).")
+    ] = None,
+    max_upload_mb: Annotated[
+        float | None, typer.Option(min=0.001, help="Largest photo accepted, in MiB (default 10).")
+    ] = None,
+    max_pixels: Annotated[
+        int | None, typer.Option(min=1, help="Largest photo accepted, width x height (default 50,000,000).")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="auto (ONNX Runtime for bundles, PyTorch for checkpoints), onnx or torch."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")
+    ] = None,
+) -> None:
+    """Serve a model: REST API (POST /predict, GET /model, /health, /docs) and a web page at /."""
+    from rich.markup import escape
+
+    from carid.bundle import BundleError
+    from carid.inference import PredictorError
+    from carid.serve.api import ServeError, ServeSettings, run_server
+
+    given = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "max_upload_mb": max_upload_mb,
+        "max_pixels": max_pixels,
+        "backend": backend,
+        "threads": threads,
+    }
+    try:
+        settings = ServeSettings(**{key: value for key, value in given.items() if value is not None})
+        run_server(model, settings, say=lambda line: console.print(line, markup=False, highlight=False))
+    except (ServeError, BundleError, PredictorError) as exc:
+        _fail(escape(str(exc)))
+
+
 @app.command("evaluate")
 def evaluate(
     model: Annotated[

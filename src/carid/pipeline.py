@@ -144,4 +144,6 @@ def _with_data(config: Config, data_path: Path, split_csv: Path, run_dir: Path) 
     from dataclasses import replace
 
     data = replace(config.data, path=str(data_path), split_csv=str(split_csv))
-    return replace(config, data=data, run_dir=str(run_dir))
+    # the evaluate stage scores the test split (with calibration), so training does not do it twice
+    train_settings = replace(config.train, test_after_fit=False)
+    return replace(config, data=data, train=train_settings, run_dir=str(run_dir))

@@ -1,0 +1,578 @@
+"""The REST API and web page of `carid serve`: FastAPI over one `Predictor` loaded at startup.
+
+    create_app(model_path, settings) -> FastAPI     loads the model named by the server's own
+                                                     startup arguments (never by a request)
+    build_app(predictor, settings) -> FastAPI        the same over an already built Predictor
+    run_server(model_path, settings)                 uvicorn on settings.host:port (the CLI's job)
+
+Endpoints:
+
+    POST /predict   multipart/form-data, field `file` (the photo); query `top_k` (default 5),
+                    `explain=true` (a Grad-CAM overlay, PNG base64, when the torch backend runs)
+                    -> `Prediction.to_dict()` (+ "explanation" when asked)
+    GET  /model     what the model is: classes, taxonomy levels, input size, box, backend,
+                    versions, calibration, whether explanations are available, upload limits
+    GET  /health    status, model loaded, uptime, inferences running / waiting
+    GET  /docs      OpenAPI (Swagger UI); GET /openapi.json
+    GET  /          the web page (static/index.html, app.js, style.css; no build step, no CDN)
+
+Every error is JSON {"error": {"code": "...", "message": "..."}} with a 4xx status for bad input
+(see `carid.serve.limits` and docs/serve.md); unexpected failures are logged with their traceback
+and answered with a generic 500 that leaks nothing.
+
+Inference runs in the thread pool (`run_in_threadpool`), at most `inference_slots` at a time
+(default 1: ONNX Runtime already uses every core for one image, so the server never asks for more
+CPU than there is; docs/serve.md has the measurements); up to `max_waiting` requests queue behind
+them, beyond that the answer is 503.
+Like `carid.inference`, this module imports without torch; the Grad-CAM explainer
+(`carid.explain`) is imported only when the torch backend is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from carid import __version__
+from carid.inference import BACKENDS, ROLL_UP_LEVELS, Prediction, Predictor
+from carid.serve.limits import (
+    DEFAULT_MAX_PIXELS,
+    MEGABYTE,
+    ApiError,
+    ASGIApp,
+    BodyLimitMiddleware,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    UploadError,
+    UploadLimits,
+    check_upload,
+    read_limited,
+    upload_name,
+)
+
+log = logging.getLogger("carid.serve")
+
+STATIC_DIR = Path(__file__).parent / "static"
+UPLOAD_FIELD = "file"
+ENV_MODEL = "CARID_SERVE_MODEL"  # how `run_server` hands the model path to uvicorn worker processes
+ENV_SETTINGS = "CARID_SERVE_SETTINGS"  # ServeSettings as JSON, likewise
+# The page loads nothing from elsewhere; the policy makes sure of it. (/docs is left out: Swagger
+# UI loads its script and style from a CDN.)
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "file_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "busy",
+}
+_INTERNAL_MESSAGE = "the server failed to handle this request; the error is logged on the server"
+
+
+class ServeError(ValueError):
+    """A server that cannot start as asked (bad setting, port in use); the message says what to change."""
+
+
+# --- settings ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How `carid serve` runs. The one place for its defaults; the CLI only overrides.
+
+    host, port: where to listen (127.0.0.1: this machine only).
+    workers: server processes, each with its own copy of the model.
+    backend: "auto", "onnx" or "torch" (`Predictor.load`); threads: inference threads (None: the
+        runtime's default, every core).
+    max_upload_mb: largest photo accepted, in MiB; max_pixels: largest width x height accepted.
+    top_k: classes listed when a request does not say; max_top_k: the most a request may ask.
+    inference_slots: inferences run at once per process; max_waiting: requests that may queue
+        behind them before the server answers 503.
+    explain: offer Grad-CAM overlays (only possible on the torch backend).
+    warmup: run one blank batch at startup so the first request is not slow.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    backend: str = "auto"
+    threads: int | None = None
+    max_upload_mb: float = 10.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    top_k: int = 5
+    max_top_k: int = 100
+    inference_slots: int = 1
+    max_waiting: int = 64
+    explain: bool = True
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.host:
+            problems.append("host must not be empty")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must be in 0..65535, got {self.port}")
+        for name in ("workers", "max_pixels", "top_k", "max_top_k", "inference_slots"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_waiting < 0:
+            problems.append(f"max_waiting must be >= 0, got {self.max_waiting}")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be >= 1, got {self.threads}")
+        if not self.max_upload_mb > 0:
+            problems.append(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.top_k > self.max_top_k:
+            problems.append(f"top_k ({self.top_k}) must not exceed max_top_k ({self.max_top_k})")
+        if problems:
+            raise ServeError("serve settings: " + "; ".join(problems))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return round(self.max_upload_mb * MEGABYTE)
+
+    def limits(self) -> UploadLimits:
+        return UploadLimits(max_upload_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServeSettings:
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ServeError(f"serve settings: unknown key(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+# --- explanations ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """Grad-CAM for uploads when the model runs on PyTorch and `carid.explain` imports; else the reason.
+
+    run: (photo bytes, class index to explain) -> (overlay PIL image, `GradCamResult.to_dict()`).
+    """
+
+    run: Callable[[bytes, int | None], tuple[Any, dict[str, Any]]] | None
+    reason: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.run is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "available": self.available,
+            "method": "gradcam" if self.available else None,
+            "reason": self.reason,
+        }
+
+    def explain(self, data: bytes, prediction: Prediction) -> dict[str, Any]:
+        """The explanation entry of a /predict answer: the overlay as PNG base64, or why there is none."""
+        if self.run is None:
+            return {"available": False, "reason": self.reason}
+        from carid.explain import png_bytes
+
+        target = prediction.top1.index if prediction.top1 is not None else None
+        try:
+            overlay, details = self.run(data, target)
+        except ValueError as exc:  # ExplainError, ImageError: the photo or the network cannot be explained
+            return {"available": False, "reason": str(exc)}
+        png = png_bytes(overlay)
+        return {
+            "available": True,
+            "method": "gradcam",
+            "media_type": "image/png",
+            "png_base64": base64.b64encode(png).decode("ascii"),
+            "width": overlay.width,
+            "height": overlay.height,
+            "target_label": details.get("target_label"),
+            "details": details,
+        }
+
+
+def explainer_for(predictor: Predictor, enabled: bool = True) -> Explainer:
+    """Grad-CAM when possible: `enabled`, the torch backend, and `carid.explain` importable."""
+    if not enabled:
+        return Explainer(None, "explanations are switched off on this server")
+    network = getattr(predictor.backend, "network", None)
+    if predictor.backend_name != "torch" or network is None:
+        return Explainer(
+            None,
+            "Grad-CAM needs the PyTorch backend: start the server with --backend torch "
+            "(needs the train extra and the bundle's source checkpoint)",
+        )
+    try:
+        from carid.explain import gradcam_overlay
+    except ImportError as exc:
+        return Explainer(None, f"Grad-CAM is not installed here ({exc}); pip install 'carid[train]'")
+    metadata = predictor.metadata
+
+    def run(data: bytes, target: int | None) -> tuple[Any, dict[str, Any]]:
+        return gradcam_overlay(network, metadata, data, target=target)
+
+    return Explainer(run)
+
+
+# --- concurrency -------------------------------------------------------------------------------------
+
+
+class InferenceGate:
+    """At most `slots` inferences at once; at most `max_waiting` requests wait for a slot (503 beyond).
+
+    The semaphore is made on the event loop that first uses it (asyncio primitives belong to one
+    loop, and a test client may start a new loop per session).
+    """
+
+    def __init__(self, slots: int, max_waiting: int) -> None:
+        self.slots = slots
+        self.max_waiting = max_waiting
+        self.running = 0
+        self.waiting = 0
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _current(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._loop is not loop:
+            self._loop, self._semaphore = loop, asyncio.Semaphore(self.slots)
+        return self._semaphore
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        semaphore = self._current()
+        if semaphore.locked() and self.waiting >= self.max_waiting:
+            raise ApiError(
+                503,
+                "busy",
+                f"the server is busy ({self.running} running, {self.waiting} waiting); retry shortly",
+            )
+        self.waiting += 1
+        try:
+            await semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            semaphore.release()
+
+    def to_dict(self) -> dict[str, int]:
+        return {"slots": self.slots, "running": self.running, "waiting": self.waiting}
+
+
+# --- the app -----------------------------------------------------------------------------------------
+
+
+PRIVATE_KEYS = frozenset({"source", "source_checkpoint", "path", "model_path"})
+
+
+def without_paths(value: Any) -> Any:
+    """A copy of a JSON-like value without the keys that hold file paths on the server."""
+    if isinstance(value, dict):
+        return {key: without_paths(item) for key, item in value.items() if key not in PRIVATE_KEYS}
+    if isinstance(value, list | tuple):
+        return [without_paths(item) for item in value]
+    return value
+
+
+def model_description(predictor: Predictor, settings: ServeSettings, explainer: Explainer) -> dict[str, Any]:
+    """What GET /model answers: `Predictor.info()` without server-side paths, plus serving facts."""
+    info = without_paths(predictor.info())
+    levels = (
+        ["class", *ROLL_UP_LEVELS] if predictor.taxonomy is not None else [predictor.metadata.label_level]
+    )
+    return {
+        **info,
+        "taxonomy_levels": levels,
+        "input_size": {"height": predictor.spec.height, "width": predictor.spec.width},
+        "versions": dict(predictor.metadata.versions),
+        "explain": explainer.to_dict(),
+        "limits": settings.limits().to_dict(),
+        "default_top_k": settings.top_k,
+        "max_top_k": settings.max_top_k,
+        "server_version": __version__,
+    }
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. 'too_many_pixels'")
+    message: str = Field(description="what is wrong, naming the uploaded file")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (for the OpenAPI description)."""
+
+    error: ErrorDetail
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """{"error": {"code": code, "message": message}} with `status`."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def decode_error(name: str, message: str | None) -> UploadError:
+    """The 422 for a photo whose header was fine but whose pixels could not be decoded."""
+    text = message or f"{name}: cannot decode the image"
+    code = "truncated_image" if "truncated" in text.lower() else "unreadable_image"
+    return UploadError(422, code, text)
+
+
+class PageHeaders:
+    """Security headers (pure ASGI): nosniff on every answer; the content policy on the web page."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        is_page = path == "/" or path.startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                if is_page:
+                    headers["Content-Security-Policy"] = PAGE_CSP
+                    headers["Referrer-Policy"] = "no-referrer"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    for error in errors:
+        location = tuple(error.get("loc", ()))
+        if location[:1] == ("body",):
+            content_type = request.headers.get("content-type", "").split(";")[0].strip()
+            if error.get("type") == "missing":
+                found = (
+                    f" (the request's Content-Type is {content_type or 'not set'})"
+                    if content_type != "multipart/form-data"
+                    else " (the form has no file field of that name)"
+                )
+                message = (
+                    f"expected the photo in a multipart/form-data file field named '{UPLOAD_FIELD}'{found}; "
+                    f"e.g. curl -F {UPLOAD_FIELD}=@car.jpg http://HOST:PORT/predict"
+                )
+                return error_response(422, "missing_file", message)
+            message = f"the form field '{UPLOAD_FIELD}' must be a file upload (a part with a filename)"
+            return error_response(422, "invalid_file_field", message)
+    first = errors[0] if errors else {}
+    location = tuple(first.get("loc", ()))
+    where = location[0] if location else "request"
+    name = ".".join(str(part) for part in location[1:]) or str(where)
+    return error_response(
+        422, "invalid_parameter", f"{where} parameter '{name}': {first.get('msg', 'invalid')}"
+    )
+
+
+def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app over an already loaded predictor (tests pass stub predictors here)."""
+    settings = settings or ServeSettings()
+    limits = settings.limits()
+    gate = InferenceGate(settings.inference_slots, settings.max_waiting)
+    explainer = explainer_for(predictor, settings.explain)
+    description = model_description(predictor, settings, explainer)
+    started = time.monotonic()
+
+    app = FastAPI(
+        title="carid",
+        version=__version__,
+        summary="Identify the car in a photo: make, model, year or body type, and where the car is.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimitMiddleware, file_limit_bytes=limits.max_upload_bytes)
+    app.add_middleware(PageHeaders)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(request, exc)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal_error", _INTERNAL_MESSAGE)
+
+    @app.post(
+        "/predict",
+        responses={
+            200: {
+                "description": "`Prediction.to_dict()`: label, probability, unknown, top_k, make, "
+                "body_type, year, box (original pixels, xyxy), image_size, timing; plus "
+                "`explanation` when asked"
+            },
+            400: {"model": ErrorResponse, "description": "empty file or malformed form"},
+            413: {"model": ErrorResponse, "description": "file too large or too many pixels"},
+            415: {"model": ErrorResponse, "description": "not a JPEG, PNG, WebP, GIF, BMP or TIFF image"},
+            422: {"model": ErrorResponse, "description": "no field 'file', bad parameter, corrupt image"},
+            503: {"model": ErrorResponse, "description": "too many requests waiting; retry"},
+        },
+    )
+    async def predict(
+        file: UploadFile = File(
+            description="The photo (JPEG, PNG, WebP, GIF, BMP or TIFF); its type is read from its bytes."
+        ),
+        top_k: int = Query(settings.top_k, ge=1, le=settings.max_top_k, description="Classes to list."),
+        explain: bool = Query(False, description="Add a Grad-CAM overlay (PNG, base64); torch backend only."),
+    ) -> JSONResponse:
+        """Identify the car in one photo."""
+        name = upload_name(file.filename)
+        data = await read_limited(file, limits.max_upload_bytes, name)
+        await run_in_threadpool(check_upload, data, name, limits)
+        explanation: dict[str, Any] | None = None
+        async with gate.slot():
+            try:
+                (prediction,) = await run_in_threadpool(
+                    predictor.predict, [data], top_k=top_k, batch_size=1, names=[name]
+                )
+                if explain and prediction.ok:
+                    explanation = await run_in_threadpool(explainer.explain, data, prediction)
+            except Exception as exc:  # a model failure, not the photo's fault: log it, say nothing more
+                log.error("predicting %s failed", name, exc_info=exc)
+                raise ApiError(500, "internal_error", _INTERNAL_MESSAGE) from None
+        if not prediction.ok:
+            raise decode_error(name, prediction.error)
+        body = prediction.to_dict()
+        if explain:
+            body["explanation"] = explanation
+        return JSONResponse(body)
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        """What the model is: classes, taxonomy levels, input size, box head, backend, versions,
+        calibration, whether Grad-CAM explanations are available, and the upload limits."""
+        return description
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: status, whether the model is loaded, uptime and the inference queue."""
+        return {
+            "status": "ok",
+            "model_loaded": True,
+            "backend": predictor.backend_name,
+            "uptime_s": round(time.monotonic() - started, 3),
+            "inference": gate.to_dict(),
+            "version": __version__,
+        }
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def create_app(model_path: Path | str, settings: ServeSettings | None = None) -> FastAPI:
+    """Load the model at `model_path` (a bundle, run folder or .ckpt) and build the app around it.
+
+    The path comes from the server's startup arguments only; no request can name another model.
+    Raises BundleError / PredictorError naming the path and the problem.
+    """
+    settings = settings or ServeSettings()
+    predictor = Predictor.load(model_path, backend=settings.backend, threads=settings.threads)
+    if settings.warmup:
+        log.info("warm-up: %.0f ms", predictor.warmup())
+    log.info("serving %s", predictor)
+    return build_app(predictor, settings)
+
+
+def app_from_environment() -> FastAPI:
+    """The app for uvicorn worker processes (`--factory`): model and settings from CARID_SERVE_*."""
+    model = os.environ.get(ENV_MODEL)
+    if not model:
+        raise ServeError(f"{ENV_MODEL} is not set: it must name the model to serve")
+    try:
+        settings = ServeSettings.from_dict(json.loads(os.environ.get(ENV_SETTINGS) or "{}"))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ServeError(f"{ENV_SETTINGS}: not a JSON object of serve settings ({exc})") from None
+    return create_app(model, settings)
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise ServeError when `host:port` cannot be listened on (in use, no such address)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ServeError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = addresses[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ServeError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+            ) from None
+
+
+def run_server(
+    model_path: Path | str, settings: ServeSettings | None = None, say: Callable[[str], None] = print
+) -> None:
+    """Serve until interrupted. With workers > 1 each uvicorn process loads its own copy of the model
+    (after this process has loaded it once, so that a broken model fails here with one message)."""
+    import uvicorn
+
+    settings = settings or ServeSettings()
+    check_port(settings.host, settings.port)
+    app = create_app(model_path, settings)
+    url = f"http://{settings.host}:{settings.port}"
+    say(f"serving {model_path} at {url}/ (API docs at {url}/docs); Ctrl+C stops")
+    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": 5}
+    if settings.workers == 1:
+        uvicorn.run(app, **options)
+        return
+    del app
+    os.environ[ENV_MODEL] = str(Path(model_path).resolve())
+    os.environ[ENV_SETTINGS] = json.dumps(settings.to_dict())
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=settings.workers, **options)
