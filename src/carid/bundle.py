@@ -341,17 +341,7 @@ class Bundle:
         """Read a bundle folder (or its model.json); BundleError names the file and the problem."""
         path = Path(path)
         folder = path.parent if path.name == METADATA_FILE or path.is_file() else path
-        metadata_path = folder / METADATA_FILE
-        if not path.exists():
-            raise BundleError(f"{path}: no such file or folder")
-        if not metadata_path.is_file():
-            raise BundleError(f"{folder}: not a carid model bundle (no {METADATA_FILE})")
-        try:
-            data = json.loads(metadata_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{metadata_path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{metadata_path}: cannot read ({exc})") from None
+        metadata_path, data = read_folder_json(path, folder, METADATA_FILE, "carid model bundle", BundleError)
         metadata = BundleMetadata.from_dict(data, source=str(metadata_path))
         bundle = cls(path=folder, metadata=metadata)
         if not bundle.model_path.is_file():
@@ -366,6 +356,26 @@ def write_metadata(folder: Path | str, metadata: BundleMetadata) -> Path:
     path = Path(folder) / METADATA_FILE
     write_json_atomic(path, metadata.to_dict())
     return path
+
+
+def read_folder_json(
+    path: Path, folder: Path, file_name: str, what: str, error: type[ValueError]
+) -> tuple[Path, Any]:
+    """Parse `folder/file_name` of a bundle-like folder given as `path`; `error` names the problem.
+
+    Returns (the JSON file's path, its parsed content).
+    """
+    metadata_path = folder / file_name
+    if not path.exists():
+        raise error(f"{path}: no such file or folder")
+    if not metadata_path.is_file():
+        raise error(f"{folder}: not a {what} (no {file_name})")
+    try:
+        return metadata_path, json.loads(metadata_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{metadata_path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{metadata_path}: cannot read ({exc})") from None
 
 
 def update_calibration(

@@ -94,6 +94,7 @@ from carid.bundle import (
     Bundle,
     BundleError,
     BundleMetadata,
+    read_folder_json,
     update_calibration,
     write_json_atomic,
 )
@@ -709,17 +710,7 @@ class Ensemble:
         """
         path = Path(path)
         folder = path.parent if path.name == ENSEMBLE_FILE else path
-        metadata_path = folder / ENSEMBLE_FILE
-        if not path.exists():
-            raise EnsembleError(f"{path}: no such file or folder")
-        if not metadata_path.is_file():
-            raise EnsembleError(f"{folder}: not a carid ensemble (no {ENSEMBLE_FILE})")
-        try:
-            data = json.loads(metadata_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise EnsembleError(f"{metadata_path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EnsembleError(f"{metadata_path}: cannot read ({exc})") from None
+        metadata_path, data = read_folder_json(path, folder, ENSEMBLE_FILE, "carid ensemble", EnsembleError)
         metadata = EnsembleMetadata.from_dict(data, source=str(metadata_path))
         bundles, columns = [], []
         for member in metadata.members:
