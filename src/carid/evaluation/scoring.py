@@ -101,6 +101,58 @@ class Scores:
         )
 
 
+@dataclass
+class _ScoreBuffers:
+    """The arrays a score source fills batch by batch, and the one way rows get filled."""
+
+    logits: np.ndarray
+    boxes: np.ndarray | None
+    sizes: np.ndarray
+    ok: np.ndarray
+    problems: list[Problem] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def empty(cls, count: int, num_classes: int, with_box: bool) -> _ScoreBuffers:
+        return cls(
+            logits=np.zeros((count, num_classes), dtype=np.float32),
+            boxes=np.zeros((count, 4), dtype=np.float64) if with_box else None,
+            sizes=np.zeros((count, 2), dtype=np.int64),
+            ok=np.zeros(count, dtype=bool),
+        )
+
+    def unreadable(self, sample: Sample, error: object) -> None:
+        self.problems.append(
+            Problem(
+                "unreadable_image",
+                f"cannot score {sample.path}: {error}",
+                sample.source,
+                Severity.ERROR,
+                str(sample.path),
+            )
+        )
+
+    def place(self, row: int, geometry: Any, box: np.ndarray | None) -> None:
+        """Record a photo's size and its predicted box (normalized [4]) in original pixels."""
+        self.sizes[row] = (geometry.original_width, geometry.original_height)
+        if self.boxes is not None and box is not None:
+            original = geometry.boxes_to_original(np.asarray(box, dtype=np.float64)[None, :])
+            self.boxes[row] = box_math.clip(original, *self.sizes[row])[0]
+
+    def finish(self, temperature: float) -> Scores:
+        self.logits[~self.ok] = 0.0
+        probabilities = apply_temperature(self.logits.astype(np.float64), temperature)
+        return Scores(
+            self.logits,
+            probabilities,
+            self.boxes,
+            self.sizes,
+            self.ok,
+            tuple(self.problems),
+            time.perf_counter() - self.started,
+        )
+
+
 @runtime_checkable
 class ScoreSource(Protocol):
     """Something that gives class probabilities [N, C] and boxes [N, 4] in original pixels for samples.
@@ -489,14 +541,9 @@ class TorchScoreSource:
         from carid.data.transforms import build_eval_transform
         from carid.preprocess import Geometry
 
-        started = time.perf_counter()
         samples = list(samples)
-        count, num_classes = len(samples), len(self.class_names)
-        logits = np.zeros((count, num_classes), dtype=np.float32)
-        boxes = np.zeros((count, 4), dtype=np.float64) if self.with_box else None
-        sizes = np.zeros((count, 2), dtype=np.int64)
-        ok = np.zeros(count, dtype=bool)
-        problems: list[Problem] = []
+        count = len(samples)
+        buffers = _ScoreBuffers.empty(count, len(self.class_names), self.with_box)
         if count:
             dataset = CarDataset(
                 samples, {}, build_eval_transform(self.spec), label_of=_no_label, on_error="raise"
@@ -511,31 +558,17 @@ class TorchScoreSource:
             for batch in _progress_batches(loader, count, f"scoring {self.name}", progress):
                 rows = batch["index"].numpy()
                 batch_logits, batch_boxes = self.logits_and_boxes(batch["image"])
-                logits[rows] = batch_logits.numpy()
-                ok[rows] = batch["ok"].numpy()
+                buffers.logits[rows] = batch_logits.numpy()
+                buffers.ok[rows] = batch["ok"].numpy()
                 for position, (row, geometry_row, good, error) in enumerate(
                     zip(rows, batch["geometry"].numpy(), batch["ok"].numpy(), batch["error"], strict=True)
                 ):
                     if not good:
-                        sample = samples[row]
-                        problems.append(
-                            Problem(
-                                "unreadable_image",
-                                f"cannot score {sample.path}: {error}",
-                                sample.source,
-                                Severity.ERROR,
-                                str(sample.path),
-                            )
-                        )
+                        buffers.unreadable(samples[row], error)
                         continue
-                    geometry = Geometry.from_array(geometry_row)
-                    sizes[row] = (geometry.original_width, geometry.original_height)
-                    if boxes is not None and batch_boxes is not None:
-                        original = geometry.boxes_to_original(batch_boxes[position].numpy()[None, :])
-                        boxes[row] = box_math.clip(original, *sizes[row])[0]
-        logits[~ok] = 0.0
-        probabilities = apply_temperature(logits.astype(np.float64), 1.0)
-        return Scores(logits, probabilities, boxes, sizes, ok, tuple(problems), time.perf_counter() - started)
+                    box = None if batch_boxes is None else batch_boxes[position].numpy()
+                    buffers.place(row, Geometry.from_array(geometry_row), box)
+        return buffers.finish(1.0)
 
 
 def _taxonomy_of(
@@ -628,29 +661,16 @@ class BundleScoreSource:
     def score(self, samples: Sequence[Sample], progress: bool = False) -> Scores:
         from carid.bundle import BOX, LOGITS
 
-        started = time.perf_counter()
         samples = list(samples)
         count, num_classes = len(samples), len(self.class_names)
-        logits = np.zeros((count, num_classes), dtype=np.float32)
-        boxes = np.zeros((count, 4), dtype=np.float64) if self.with_box else None
-        sizes = np.zeros((count, 2), dtype=np.int64)
-        ok = np.zeros(count, dtype=bool)
-        problems: list[Problem] = []
+        buffers = _ScoreBuffers.empty(count, num_classes, self.with_box)
         for start in range(0, count, self.batch_size):
             batch = samples[start : start + self.batch_size]
             prepared = [self._prepare_image(s.path, self.spec, str(s.path)) for s in batch]
             rows = [start + offset for offset, item in enumerate(prepared) if item.error is None]
             for sample, item in zip(batch, prepared, strict=True):
                 if item.error is not None:
-                    problems.append(
-                        Problem(
-                            "unreadable_image",
-                            f"cannot score {sample.path}: {item.error}",
-                            sample.source,
-                            Severity.ERROR,
-                            str(sample.path),
-                        )
-                    )
+                    buffers.unreadable(sample, item.error)
             if not rows:
                 continue
             good = [prepared[row - start] for row in rows]
@@ -661,14 +681,10 @@ class BundleScoreSource:
                     f"{self.bundle}: the network gave logits of shape {list(batch_logits.shape)} "
                     f"for {len(good)} images and {num_classes} classes"
                 )
-            logits[rows] = batch_logits
-            ok[rows] = True
-            batch_boxes = outputs.get(BOX) if boxes is not None else None
+            buffers.logits[rows] = batch_logits
+            buffers.ok[rows] = True
+            batch_boxes = outputs.get(BOX) if self.with_box else None
             for position, (row, item) in enumerate(zip(rows, good, strict=True)):
-                geometry = item.geometry
-                sizes[row] = (geometry.original_width, geometry.original_height)
-                if boxes is not None and batch_boxes is not None:
-                    box = np.asarray(batch_boxes[position], dtype=np.float64)[None, :]
-                    boxes[row] = box_math.clip(geometry.boxes_to_original(box), *sizes[row])[0]
-        probabilities = apply_temperature(logits.astype(np.float64), self.temperature)
-        return Scores(logits, probabilities, boxes, sizes, ok, tuple(problems), time.perf_counter() - started)
+                box = None if batch_boxes is None else batch_boxes[position]
+                buffers.place(row, item.geometry, box)
+        return buffers.finish(self.temperature)
