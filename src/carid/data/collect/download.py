@@ -673,8 +673,15 @@ class _Engine:
         ):  # cannot happen with safe names; belt and braces
             raise CollectError(f"refusing to write {target}: outside {self.out_dir}")
         self.sha_index[digest] = (relative, job.url, job.label)  # claimed before the await: no race
+        write = asyncio.ensure_future(asyncio.to_thread(write_file_atomic, target, data, config.fsync))
         try:
-            await asyncio.to_thread(write_file_atomic, target, data, config.fsync)
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # The write runs in a thread that cannot be stopped: let it finish and return its
+                # record (the run's Ctrl-C handler keeps finished records), so that the files on
+                # disk and the manifest always agree.
+                await write
         except BaseException as exc:
             del self.sha_index[digest]
             if isinstance(exc, OSError):
