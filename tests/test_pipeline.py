@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from carid.cli import app
 from carid.config import Config, from_dict
-from carid.pipeline import quickstart_config, run_main_job
+from carid.inference import ClassScore, Prediction
+from carid.pipeline import answer_text, quickstart_config, run_main_job
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 
 
@@ -46,3 +47,16 @@ def test_run_command_with_a_config(tmp_path: Path, monkeypatch) -> None:
     result = CliRunner().invoke(app, ["run", "--config", str(recipe), "--data", str(data), "--out", "job"])
     assert result.exit_code == 0, result.output
     assert "evaluate: test accuracy" in result.output and "bundle:" in result.output
+
+
+def test_answer_text_names_the_best_guess_and_the_threshold_it_missed() -> None:
+    best = ClassScore(index=3, label="Audi TTS Coupe 2012", probability=0.41)
+    known = Prediction(source="a.jpg", label=best.label, probability=0.87, top_k=(best,))
+    unknown = Prediction(source="b.jpg", label="unknown", probability=0.41, unknown=True, top_k=(best,))
+    broken = Prediction(source="c.jpg", error="c.jpg: not an image")
+
+    assert answer_text(known, 0.5) == "Audi TTS Coupe 2012 (87.0%)"
+    assert answer_text(unknown, 0.96) == (
+        "unknown: best guess Audi TTS Coupe 2012 at 41.0%, below the 96.0% threshold"
+    )
+    assert answer_text(broken, None) == "error: c.jpg: not an image"

@@ -14,11 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from carid.config import Config, load_config
+
+if TYPE_CHECKING:
+    from carid.inference import Prediction
 
 QUICKSTART = "quickstart.yaml"
 PREDICT_EXAMPLES = 5
@@ -128,16 +131,29 @@ def run_main_job(
     done = stage("predict")
     splits = splits_of_all(inspection)
     held_out = [
-        sample.path for sample, split in zip(inspection.table.samples, splits, strict=True) if split == "test"
-    ]
+        sample for sample, split in zip(inspection.table.samples, splits, strict=True) if split == "test"
+    ][:PREDICT_EXAMPLES]
     predictor = Predictor.load(exported.bundle.path)
-    result.predictions = predictor.predict(held_out[:PREDICT_EXAMPLES], top_k=3)
+    result.predictions = predictor.predict([sample.path for sample in held_out], top_k=3)
     done()
-    for prediction in result.predictions:
+    threshold = predictor.metadata.unknown_threshold
+    for sample, prediction in zip(held_out, result.predictions, strict=True):
         box = "" if prediction.box is None else f", box {prediction.box.to_dict()}"
-        answer = f"{prediction.label} ({prediction.probability or 0:.1%})"
-        say(f"predict: {Path(prediction.source).name}: {answer}{box}")
+        say(f"predict: {Path(prediction.source).name}: {answer_text(prediction, threshold)}{box}")
+        say(f"         its label in the dataset: {sample.label}")
     return result
+
+
+def answer_text(prediction: Prediction, unknown_threshold: float | None) -> str:
+    """ "Audi TTS Coupe 2012 (87.0%)", or for an unknown answer the best guess, its probability and the
+    threshold it missed: "unknown: best guess Audi TTS Coupe 2012 at 41.0%, below the 96.0% threshold"."""
+    if not prediction.ok:
+        return f"error: {prediction.error}"
+    probability = prediction.probability or 0.0
+    if prediction.unknown and prediction.top1 is not None:
+        limit = "the threshold" if unknown_threshold is None else f"the {unknown_threshold:.1%} threshold"
+        return f"unknown: best guess {prediction.top1.label} at {probability:.1%}, below {limit}"
+    return f"{prediction.label} ({probability:.1%})"
 
 
 def _with_data(config: Config, data_path: Path, split_csv: Path, run_dir: Path) -> Config:
