@@ -76,6 +76,33 @@ class CheckConfig:
     workers: int = 0
 
 
+@dataclass(frozen=True)
+class CurateConfig:
+    """Settings of `carid data curate` (docs/curate.md); the duplicate and tiny-image thresholds are
+    the `check` section's.
+
+    no_car_threshold: a photo whose car score (ImageNet car-class probability, largest over its
+        views) is below this is flagged "no car"; measured on car-frames (benchmarks/RESULTS.md).
+    no_car_grid: (columns, rows) of half-overlapping tiles scored besides the whole photo; (1, 1) =
+        the whole photo only.
+    mislabel_threshold: a photo whose label differs from the model's top-1 class predicted with at
+        least this probability is flagged "likely mislabelled".
+    batch_size: network inputs per forward pass (no-car score and model predictions).
+    keep_one_duplicate: of a group of exact / near duplicates, keep the first file (path order) and
+        flag the others; False flags the group without removing anyone.
+    thumbnail_side: longest side (pixels) of the thumbnails embedded in the review page.
+    """
+
+    __pydantic_config__ = STRICT
+
+    no_car_threshold: float = 0.05
+    no_car_grid: tuple[int, int] = (1, 1)
+    mislabel_threshold: float = 0.9
+    batch_size: int = 32
+    keep_one_duplicate: bool = True
+    thumbnail_side: int = 160
+
+
 def _on_off(value: Any) -> Any:
     """YAML 1.1 reads a bare `on`/`off` as true/false; give those back as the words."""
     if value is True:
@@ -100,6 +127,10 @@ class ModelConfig:
         study used 512).
     dropout: dropout before the class layer.
     box_head: "auto" (when the dataset has boxes), "on" or "off".
+    box_input: what the box head reads: "map" (the backbone's last feature map [B, C, h, w]: 1x1 conv
+        to box_channels, flatten, MLP; keeps where things are) or "pooled" (the pooled embedding
+        [B, D], as the class head; weak at localizing).
+    box_channels: channels of the "map" box head's 1x1 conv reduction.
     box_hidden: hidden units of the box head MLP (0 = a single linear layer).
     drop_path_rate: stochastic depth for timm backbones that support it (must be 0 for carid_vgg).
     backbone_args may not set num_classes, pretrained or global_pool (the network owns those).
@@ -114,6 +145,8 @@ class ModelConfig:
     hidden: int = 0
     dropout: float = 0.2
     box_head: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
+    box_input: Literal["map", "pooled"] = "map"
+    box_channels: int = 64
     box_hidden: int = 256
     drop_path_rate: float = 0.0
 

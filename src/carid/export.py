@@ -340,8 +340,8 @@ class ExportedCarNet(nn.Module):
         return (*self.network.output_names, EMBEDDING)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        embeddings = self.network.embed(images)
-        output = self.network.forward_heads(embeddings)
+        embeddings, feature_map = self.network.encode(images)
+        output = self.network.forward_heads(embeddings, feature_map)
         if output.box is None:
             return output.logits, embeddings
         return output.logits, output.box, embeddings

@@ -374,8 +374,8 @@ class TorchBackend:
         torch = self.torch
         with torch.inference_mode():
             images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            embeddings = self.network.embed(images)
-            output = self.network.forward_heads(embeddings)
+            embeddings, feature_map = self.network.encode(images)
+            output = self.network.forward_heads(embeddings, feature_map)
             result = {LOGITS: output.logits, EMBEDDING: embeddings}
             if output.box is not None:
                 result[BOX] = output.box

@@ -1,4 +1,4 @@
-"""ClassHead and BoxHead: shapes, layers, and boxes that are always valid normalized xyxy."""
+"""ClassHead, BoxHead and SpatialBoxHead: shapes, layers, and boxes that are always valid normalized xyxy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from carid.models.heads import BoxHead, ClassHead, decode_box
+from carid.models.heads import BoxHead, ClassHead, SpatialBoxHead, decode_box
 
 
 def test_class_head_without_hidden_layer():
@@ -64,3 +64,54 @@ def test_box_head_outputs_valid_boxes_starting_at_the_centred_box(hidden):
     assert boxes.shape == (64, 4)
     assert (boxes >= 0).all() and (boxes <= 1).all()
     assert (boxes[:, 2:] >= boxes[:, :2]).all()
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_spatial_box_head_shapes_and_centred_start(hidden):
+    head = SpatialBoxHead(12, grid=(3, 4), channels=5, hidden=hidden)
+    assert head.reduce[0].in_channels == 12 and head.reduce[0].out_channels == 5
+    assert (head.hidden[0].in_features if hidden else head.fc.in_features) == 5 * 3 * 4
+    centred = torch.tensor([[0.25, 0.25, 0.75, 0.75]])
+    assert torch.allclose(decode_box(head.fc.bias.detach()[None]), centred, atol=1e-6)
+    assert torch.allclose(head(torch.rand(2, 12, 3, 4)), centred.expand(2, 4), atol=0.02)
+    boxes = head(torch.randn(64, 12, 3, 4) * 100)
+    assert boxes.shape == (64, 4)
+    assert (boxes >= 0).all() and (boxes <= 1).all() and (boxes[:, 2:] >= boxes[:, :2]).all()
+
+
+def test_spatial_box_head_sees_where_a_feature_is():
+    """The same feature in two different cells gives two different boxes (pooling could not tell)."""
+    torch.manual_seed(0)
+    head = SpatialBoxHead(4, grid=(3, 3), channels=8, hidden=16)
+    nn.init.normal_(head.fc.weight, std=1.0)
+    left, right = torch.zeros(1, 4, 3, 3), torch.zeros(1, 4, 3, 3)
+    left[..., 1, 0], right[..., 1, 2] = 5.0, 5.0
+    assert torch.equal(left.mean((2, 3)), right.mean((2, 3)))
+    assert not torch.allclose(head(left), head(right), atol=1e-3)
+
+
+def test_spatial_box_head_trains_every_layer():
+    head = SpatialBoxHead(6, grid=(2, 2), channels=4, hidden=8)
+    loss = (head(torch.rand(8, 6, 2, 2)) - torch.tensor([0.1, 0.2, 0.6, 0.9])).abs().mean()
+    loss.backward()
+    for name, parameter in head.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels": 0}, "channels and grid"),
+        ({"grid": (0, 3)}, "channels and grid"),
+        ({"hidden": -1}, "hidden"),
+    ],
+)
+def test_spatial_box_head_rejects_bad_sizes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpatialBoxHead(**{"in_channels": 4, "grid": (2, 2), **kwargs})
+
+
+def test_spatial_box_head_rejects_another_map_size():
+    head = SpatialBoxHead(4, grid=(2, 2))
+    with pytest.raises(ValueError, match=r"\[B, C, 2, 2\], got \[1, 4, 3, 3\]"):
+        head(torch.zeros(1, 4, 3, 3))

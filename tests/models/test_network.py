@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from carid.config import ModelConfig
 from carid.models.backbones import Backbone
-from carid.models.heads import BoxHead, ClassHead
+from carid.models.heads import BoxHead, ClassHead, SpatialBoxHead
 from carid.models.network import CarNet, CarNetOutput, build_network, wants_box_head
 
 TINY = ModelConfig(
@@ -19,9 +20,9 @@ TINY = ModelConfig(
 )
 
 
-def tiny_net(with_box: bool, num_classes: int = 5) -> CarNet:
+def tiny_net(with_box: bool, num_classes: int = 5, box_input: str = "map") -> CarNet:
     torch.manual_seed(0)
-    return build_network(TINY, num_classes=num_classes, with_box=with_box)
+    return build_network(replace(TINY, box_input=box_input), num_classes=num_classes, with_box=with_box)
 
 
 @pytest.mark.parametrize("with_box", [True, False])
@@ -52,24 +53,61 @@ def test_box_output_is_valid_normalized_xyxy():
 def test_build_network_follows_the_config():
     net = tiny_net(True, num_classes=7)
     assert isinstance(net.backbone, Backbone) and isinstance(net.class_head, ClassHead)
-    assert isinstance(net.box_head, BoxHead)
     assert net.class_head.fc.in_features == 8 and net.class_head.dropout.p == 0.1
     assert net.class_head.hidden[0].in_features == net.backbone.num_features
-    assert net.box_head.hidden[0].out_features == 8
     assert net.input_spec == net.backbone.input_spec
+    # box_input "map" (the default): the box head reads the 32 px input's feature map (stride 32: 1x1)
+    assert isinstance(net.box_head, SpatialBoxHead) and net.box_reads_feature_map
+    assert net.box_head.grid == net.backbone.feature_map_size(32) == (1, 1)
+    assert net.box_head.reduce[0].in_channels == net.backbone.feature_channels
+    assert net.box_head.reduce[0].out_channels == TINY.box_channels
+    assert net.box_head.hidden[0].out_features == 8
+    pooled = tiny_net(True, box_input="pooled")
+    assert type(pooled.box_head) is BoxHead and not pooled.box_reads_feature_map
+    assert pooled.box_head.hidden[0].in_features == pooled.backbone.num_features
+    assert not tiny_net(False).box_reads_feature_map
 
 
-def test_features_embeddings_and_heads_compose_to_forward():
-    net = tiny_net(True).eval()
+def test_spatial_box_head_grid_follows_the_image_size():
+    net = build_network(replace(TINY, image_size=96), num_classes=3, with_box=True)
+    assert net.box_head.grid == (3, 3)
+    assert net.box_head.fc.in_features == 8 and net.box_head.hidden[0].in_features == TINY.box_channels * 9
+    with torch.no_grad():
+        assert net.eval()(torch.randn(2, 3, 96, 96)).box.shape == (2, 4)
+    with pytest.raises(ValueError, match=r"built for feature maps \[B, C, 3, 3\]"):
+        net(torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("box_input", ["map", "pooled"])
+def test_encode_and_heads_compose_to_forward(box_input):
+    net = tiny_net(True, box_input=box_input).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         features = net.forward_features(images)
-        embeddings = net.embed(images)
+        embeddings, feature_map = net.encode(images)
         output = net(images)
-        from_cache = net.forward_heads(embeddings)
+        from_cache = net.forward_heads(embeddings, feature_map)
     assert features.ndim == 4 and features.shape[1] == net.backbone.feature_channels
+    assert torch.equal(feature_map, features) and torch.equal(net.embed(images), embeddings)
     assert embeddings.shape == (2, net.backbone.num_features)
     assert torch.equal(from_cache.logits, output.logits) and torch.equal(from_cache.box, output.box)
+
+
+def test_heads_without_the_feature_map_name_what_is_missing():
+    net = tiny_net(True).eval()
+    with torch.no_grad():
+        embeddings = net.embed(torch.randn(2, 3, 32, 32))
+        with pytest.raises(ValueError, match="pass feature_map"):
+            net.forward_heads(embeddings)
+        pooled = tiny_net(True, box_input="pooled").eval()
+        assert pooled.forward_heads(pooled.embed(torch.randn(2, 3, 32, 32))).box.shape == (2, 4)
+
+
+def test_box_gradient_reaches_the_backbone_through_the_feature_map():
+    net = tiny_net(True).train()
+    net.box_head(net.forward_features(torch.randn(4, 3, 32, 32))).sum().backward()
+    assert net.box_head.reduce[0].weight.grad.abs().sum() > 0
+    assert net.backbone.model.conv_stem.weight.grad.abs().sum() > 0
 
 
 def _trainable(params) -> int:
@@ -122,10 +160,10 @@ def test_wants_box_head():
 
 
 @pytest.mark.slow  # the dynamo exporter takes 4-7 s
-@pytest.mark.parametrize("with_box", [True, False])
-def test_onnx_export_matches_pytorch(with_box, tmp_path: Path):
+@pytest.mark.parametrize(("with_box", "box_input"), [(True, "map"), (True, "pooled"), (False, "map")])
+def test_onnx_export_matches_pytorch(with_box, box_input, tmp_path: Path):
     """Exported with torch.onnx.export's default (dynamo) exporter, dynamic batch size."""
-    net = tiny_net(with_box).eval()
+    net = tiny_net(with_box, box_input=box_input).eval()
     path = tmp_path / "net.onnx"
     torch.onnx.export(
         net,

@@ -41,6 +41,9 @@ def test_cached_head_training_checkpoint_predicts_like_the_full_model(tiny_confi
     assert summary["feature_cache"]["counts"]["train"] == summary["split_counts"]["train"]
 
     network, metadata = load_for_inference(first.best_checkpoint)
+    # the box head reads the feature map (box_input "map"), so the cache holds the maps too
+    grid = network.box_head.grid
+    assert summary["feature_cache"]["feature_map"] == [network.backbone.feature_channels, *grid]
     # the embeddings the heads were trained on are the backbone's output on the eval-transformed images
     cached = torch.load(summary["feature_cache"]["path"], weights_only=True)["splits"]["val"]
     datamodule = CarDataModule(
@@ -53,7 +56,7 @@ def test_cached_head_training_checkpoint_predicts_like_the_full_model(tiny_confi
     assert torch.equal(batch["index"], cached["index"])
     with torch.no_grad():
         full = network(batch["image"])
-        from_cache = network.forward_heads(cached["features"])
+        from_cache = network.forward_heads(cached["features"], cached["feature_map"])
     torch.testing.assert_close(full.logits, from_cache.logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(full.box, from_cache.box, rtol=0, atol=1e-5)
     # the heads trained, the backbone did not
@@ -99,3 +102,24 @@ def test_cache_key_follows_the_backbone_weights_and_image_size(tiny_config, tmp_
     loader = FeatureDataModule(cached, batch_size=4).train_dataloader()
     batch = next(iter(loader))
     assert batch["features"].shape == (4, info.feature_dim) and set(batch) >= {"label", "box", "has_box"}
+    assert batch["feature_map"].shape == (4, *info.feature_map) and info.megabytes > 0
+
+
+def test_a_pooled_box_head_caches_no_maps_and_gets_its_own_key(tiny_config, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from carid.preprocess import PreprocessSpec
+    from carid.training.fit import load_run_data
+
+    config = tiny_config()
+    table = load_run_data(config, tmp_path / "run", reuse_split=False, write=False, progress=False)
+    data = CarDataModule(table, PreprocessSpec(image_size=(32, 32)), train=TrainConfig(num_workers=0))
+    torch.manual_seed(0)
+    with_map = build_network(config.model, num_classes=3, with_box=True)
+    torch.manual_seed(0)
+    pooled = build_network(replace(config.model, box_input="pooled"), num_classes=3, with_box=True)
+    assert backbone_fingerprint(with_map) == backbone_fingerprint(pooled)
+    assert cache_key(with_map, data, ["train"]) != cache_key(pooled, data, ["train"])
+    cached, info = build_feature_cache(pooled, data, tmp_path / "cache", splits=("train",), progress=False)
+    assert "feature_map" not in cached["train"] and info.feature_map is None
+    assert info.to_dict()["feature_map"] is None

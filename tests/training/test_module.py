@@ -133,3 +133,13 @@ def test_metadata_round_trip_is_plain() -> None:
     assert isinstance(data["class_names"], list) and isinstance(data["preprocess"]["image_size"], list)
     with pytest.raises(ValueError, match="missing"):
         ModelMetadata.from_dict({"class_names": []})
+
+
+def test_metadata_without_box_input_is_a_pooled_box_head() -> None:
+    """Checkpoints written before model.box_input existed rebuild with the box head they were trained with."""
+    legacy = {
+        key: value for key, value in TINY_MODEL.__dict__.items() if key not in ("box_input", "box_channels")
+    }
+    metadata = ModelMetadata(class_names=("a", "b"), preprocess={}, model=legacy, with_box=True)
+    assert metadata.model_config().box_input == "pooled"
+    assert metadata_for(3).model_config().box_input == "map"

@@ -92,7 +92,7 @@ class HeadOutput(nn.Module):
         network = self.network
         if isinstance(network, CarNet):
             features = self.feature_map(network.forward_features(images))
-            output: Any = network.forward_heads(network.backbone.pool(features))
+            output: Any = network.forward_heads(network.backbone.pool(features), features)
         elif self.taps_features:
             output = network.forward_head(self.feature_map(network.forward_features(images)))
         else:

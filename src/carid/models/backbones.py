@@ -114,6 +114,30 @@ class Backbone(nn.Module):
         CNNs; vision transformers give tokens [B, N, feature_channels])."""
         return self.model.forward_features(images)
 
+    def feature_map_size(self, image_size: int) -> tuple[int, int]:
+        """(h, w) of the `forward_features` map for a square input of `image_size` pixels, found by
+        one forward pass of zeros (eval mode, no gradients; the train/eval mode is restored).
+
+        Raises BackboneError when the backbone gives no [B, C, h, w] map (e.g. transformer tokens).
+        """
+        was_training = self.training
+        parameter = next(self.parameters(), None)
+        probe = torch.zeros(
+            1, 3, image_size, image_size, device=None if parameter is None else parameter.device
+        )
+        self.eval()
+        try:
+            with torch.no_grad():
+                features = self.forward_features(probe)
+        finally:
+            self.train(was_training)
+        if features.ndim != 4:
+            raise BackboneError(
+                f"backbone {self.name} gives features of shape {list(features.shape)}, not a map "
+                "[B, C, h, w]; use model.box_input: pooled"
+            )
+        return int(features.shape[-2]), int(features.shape[-1])
+
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """Feature map from `forward_features` -> embeddings [B, num_features] (timm's pre-logits path)."""
         return self.model.forward_head(features, pre_logits=True)

@@ -1,7 +1,13 @@
 """CarNet: one network that names the car (class logits) and, optionally, finds it (one box).
 
-    images [B, 3, H, W] --backbone--> embeddings [B, D] --ClassHead--> logits [B, C]
-                                                        \\-BoxHead---> box [B, 4] (normalized xyxy)
+    images [B, 3, H, W] --backbone.forward_features--> feature map [B, C, h, w]
+        --pool--> embeddings [B, D] --ClassHead--> logits [B, C]
+        feature map --SpatialBoxHead--> box [B, 4] (normalized xyxy)   (model.box_input: map)
+        embeddings  --BoxHead---------> box [B, 4]                     (model.box_input: pooled)
+
+`encode(images)` gives both (an `Encoded`), `forward_heads(embeddings, feature_map)` runs the heads
+on them; the feature map may be None when the box head reads the pooled embeddings (or there is
+none), which is what lets heads train from cached embeddings of a frozen backbone.
 
 `forward` returns a `CarNetOutput` NamedTuple. Without a box head its `box` is None; exported to
 ONNX (torch.onnx.export, the default dynamo exporter of torch 2.9+) the None is dropped, so the
@@ -22,7 +28,15 @@ from torch import nn
 
 from carid.config import ModelConfig
 from carid.models.backbones import Backbone, InputSpec, create_backbone
-from carid.models.heads import BoxHead, ClassHead
+from carid.models.heads import BoxHead, ClassHead, SpatialBoxHead
+
+
+class Encoded(NamedTuple):
+    """What the backbone gives the heads. embeddings: pooled [B, D] (the class head's input and the
+    exported "embedding"); feature_map: the last map [B, C, h, w] before pooling."""
+
+    embeddings: torch.Tensor
+    feature_map: torch.Tensor
 
 
 class CarNetOutput(NamedTuple):
@@ -36,7 +50,9 @@ class CarNetOutput(NamedTuple):
 class CarNet(nn.Module):
     """Backbone + class head (+ box head). Build it with `build_network`."""
 
-    def __init__(self, backbone: Backbone, class_head: ClassHead, box_head: BoxHead | None = None):
+    def __init__(
+        self, backbone: Backbone, class_head: ClassHead, box_head: BoxHead | SpatialBoxHead | None = None
+    ):
         super().__init__()
         self.backbone = backbone
         self.class_head = class_head
@@ -51,6 +67,11 @@ class CarNet(nn.Module):
         return self.box_head is not None
 
     @property
+    def box_reads_feature_map(self) -> bool:
+        """The box head reads the feature map (so `forward_heads` needs it, and a cache must hold it)."""
+        return self.box_head is not None and self.box_head.reads_feature_map
+
+    @property
     def output_names(self) -> tuple[str, ...]:
         """Names of the tensors `forward` returns (None dropped): the ONNX graph outputs."""
         return ("logits", "box") if self.has_box_head else ("logits",)
@@ -62,12 +83,30 @@ class CarNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> CarNetOutput:
         """images [B, 3, H, W], normalized per `input_spec` -> CarNetOutput(logits, box)."""
-        return self.forward_heads(self.backbone(images))
+        return self.forward_heads(*self.encode(images))
 
-    def forward_heads(self, embeddings: torch.Tensor) -> CarNetOutput:
-        """Pooled embeddings [B, D] (from `embed`, possibly cached) -> CarNetOutput."""
+    def encode(self, images: torch.Tensor) -> Encoded:
+        """images -> Encoded(pooled embeddings [B, D], feature map [B, feature_channels, h, w])."""
+        feature_map = self.backbone.forward_features(images)
+        return Encoded(self.backbone.pool(feature_map), feature_map)
+
+    def forward_heads(
+        self, embeddings: torch.Tensor, feature_map: torch.Tensor | None = None
+    ) -> CarNetOutput:
+        """Pooled embeddings [B, D] and the feature map [B, C, h, w] (from `encode`, possibly cached)
+        -> CarNetOutput. feature_map may be None unless `box_reads_feature_map` (ValueError then)."""
         logits = self.class_head(embeddings)
-        box = self.box_head(embeddings) if self.box_head is not None else None
+        box = None
+        if self.box_head is not None:
+            if not self.box_head.reads_feature_map:
+                box = self.box_head(embeddings)
+            elif feature_map is None:
+                raise ValueError(
+                    "the box head reads the backbone's feature map (model.box_input: map), but only "
+                    "pooled embeddings were given: pass feature_map (see CarNet.encode)"
+                )
+            else:
+                box = self.box_head(feature_map)
         return CarNetOutput(logits, box)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -145,12 +184,21 @@ def wants_box_head(setting: Literal["auto", "on", "off"], dataset_has_boxes: boo
 
 
 def build_network(config: ModelConfig, num_classes: int, with_box: bool) -> CarNet:
-    """The CarNet described by `config` for `num_classes` classes, with a box head when `with_box`.
+    """The CarNet described by `config` for `num_classes` classes, with a box head when `with_box`:
+    a `SpatialBoxHead` on the feature map of an image_size input (box_input "map") or a `BoxHead`
+    on the pooled embeddings (box_input "pooled").
 
     To rebuild a trained network from a checkpoint, pass the run's config with pretrained="none"
     (no weight packages or downloads needed) and then load the state dict.
     """
     backbone = create_backbone(config)
     class_head = ClassHead(backbone.num_features, num_classes, hidden=config.hidden, dropout=config.dropout)
-    box_head = BoxHead(backbone.num_features, hidden=config.box_hidden) if with_box else None
+    box_head: BoxHead | SpatialBoxHead | None = None
+    if with_box and config.box_input == "map":
+        grid = backbone.feature_map_size(config.image_size)
+        box_head = SpatialBoxHead(
+            backbone.feature_channels, grid, channels=config.box_channels, hidden=config.box_hidden
+        )
+    elif with_box:
+        box_head = BoxHead(backbone.num_features, hidden=config.box_hidden)
     return CarNet(backbone, class_head, box_head)

@@ -1,9 +1,12 @@
 """Frozen-backbone feature cache: run the backbone once, then train the heads from its embeddings.
 
 With `train.freeze: backbone` and `train.cache_features: true` the backbone never changes, so its
-pooled embeddings (`CarNet.embed`, [N, D]) of every train and val image are computed once and
+pooled embeddings ([N, D], `CarNet.encode`) of every train and val image are computed once and
 saved; every epoch then runs only the heads (`CarNet.forward_heads`) on those tensors with the same
-`CarModule` step, loss and metrics: epochs take seconds instead of minutes on CPU. The checkpoint is
+`CarModule` step, loss and metrics: epochs take seconds instead of minutes on CPU. When the box head
+reads the feature map (`model.box_input: map`) the maps [N, C, h, w] are cached too ("feature_map");
+they are h * w times larger than the embeddings (49x for a 7x7 map: about 250 kB per image for
+EfficientNet-Lite0 at 224 px), which is what `FeatureCache.megabytes` reports. The checkpoint is
 an ordinary full `CarNet` checkpoint (the untouched backbone plus the trained heads), so it
 predicts like any other.
 
@@ -15,9 +18,9 @@ the run's seeded train transform), a fixed sample of augmentations rather than f
 Cache: `{cache_dir}/{key}.pt` (torch.save of plain tensors, loaded with weights_only=True), written
 atomically. The key is a sha256 of everything the embeddings depend on: the backbone's name and
 weights (a hash of its state dict), the preprocessing spec (image size, resize mode, mean/std),
-every sample's path, file size and modification time, label and box, and the augmentation passes
-(with their settings and seed). Anything else changed gives a new key; a second run with the same
-key loads the file (a cache hit) instead of running the backbone.
+every sample's path, file size and modification time, label and box, whether maps are cached, and
+the augmentation passes (with their settings and seed). Anything else changed gives a new key; a
+second run with the same key loads the file (a cache hit) instead of running the backbone.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from carid.models.network import CarNet
 
 CACHE_VERSION = 1
 FIELDS = ("features", "label", "box", "has_box", "index")
+MAP_FIELD = "feature_map"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class FeatureCache:
 
     counts: rows per split (train rows = images x (1 + augment_passes)).
     seconds: time spent computing (miss) or loading (hit).
+    feature_map: shape [C, h, w] of the cached maps per row, or None when no maps are cached.
+    megabytes: size of all cached tensors.
     """
 
     path: Path
@@ -58,6 +64,8 @@ class FeatureCache:
     counts: dict[str, int] = field(default_factory=dict)
     feature_dim: int = 0
     augment_passes: int = 0
+    feature_map: tuple[int, ...] | None = None
+    megabytes: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +76,8 @@ class FeatureCache:
             "counts": dict(self.counts),
             "feature_dim": self.feature_dim,
             "augment_passes": self.augment_passes,
+            "feature_map": None if self.feature_map is None else list(self.feature_map),
+            "megabytes": round(self.megabytes, 1),
         }
 
 
@@ -109,6 +119,7 @@ def cache_key(
         "decode_min_side": datamodule.decode_min_side,
         "splits": {split: _samples_fingerprint(datamodule.dataset(split)) for split in splits},
         "augment_passes": augment_passes,
+        "feature_map": network.box_reads_feature_map,
     }
     if augment_passes:
         parts["augment"] = asdict(datamodule.augment)
@@ -125,10 +136,13 @@ def extract_features(
     description: str = "features",
 ) -> dict[str, Tensor]:
     """Run the backbone (eval mode) over a loader: {"features" [N, D] float32, "label" [N], "box" [N, 4],
-    "has_box" [N], "index" [N]} on the CPU, in loader order."""
+    "has_box" [N], "index" [N]} on the CPU, in loader order, plus "feature_map" [N, C, h, w] float32
+    when the network's box head reads the map."""
     was_training = network.training
     network.eval().to(device)
-    collected: dict[str, list[Tensor]] = {name: [] for name in FIELDS}
+    with_map = network.box_reads_feature_map
+    names = (*FIELDS, MAP_FIELD) if with_map else FIELDS
+    collected: dict[str, list[Tensor]] = {name: [] for name in names}
     batches: Any = loader
     if progress:
         from rich.progress import track
@@ -136,8 +150,10 @@ def extract_features(
         batches = track(loader, description=description, total=len(loader), transient=True)
     try:
         for batch in batches:
-            embeddings = network.embed(batch["image"].to(device))
+            embeddings, feature_map = network.encode(batch["image"].to(device))
             collected["features"].append(embeddings.float().cpu())
+            if with_map:
+                collected[MAP_FIELD].append(feature_map.float().cpu().contiguous())
             for name in FIELDS[1:]:
                 collected[name].append(batch[name].cpu())
     finally:
@@ -164,7 +180,7 @@ def _augmented_loader(datamodule: CarDataModule, seed: int) -> DataLoader:
 
 
 def _concat(parts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-    return {name: torch.cat([part[name] for part in parts]) for name in FIELDS}
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
 def _load(path: Path, key: str) -> dict[str, dict[str, Tensor]] | None:
@@ -189,7 +205,7 @@ def build_feature_cache(
 ) -> tuple[dict[str, dict[str, Tensor]], FeatureCache]:
     """The embeddings of `splits` (splits without samples are left out), from the cache or computed.
 
-    Returns ({split: {"features", "label", "box", "has_box", "index"}}, FeatureCache).
+    Returns ({split: {"features", "label", "box", "has_box", "index"[, "feature_map"]}}, FeatureCache).
     """
     started = time.perf_counter()
     present = [split for split in splits if datamodule.positions.get(split)]
@@ -218,6 +234,7 @@ def build_feature_cache(
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         torch.save({"version": CACHE_VERSION, "key": key, "splits": cached}, tmp)
         os.replace(tmp, path)
+    maps = [tensors[MAP_FIELD] for tensors in cached.values() if MAP_FIELD in tensors]
     info = FeatureCache(
         path=path,
         key=key,
@@ -226,6 +243,8 @@ def build_feature_cache(
         counts={split: int(tensors["features"].shape[0]) for split, tensors in cached.items()},
         feature_dim=int(next(iter(cached.values()))["features"].shape[1]) if cached else 0,
         augment_passes=augment_passes,
+        feature_map=tuple(maps[0].shape[1:]) if maps else None,
+        megabytes=sum(t.numel() * t.element_size() for s in cached.values() for t in s.values()) / 2**20,
     )
     return cached, info
 

@@ -6,8 +6,9 @@ one. Everything is logged per epoch as `{stage}/{name}`: `train/loss`, `train/cl
 `train/box_giou`, `train/acc`, `train/iou`, `val/loss`, `val/acc`, `val/acc_top5`, `val/iou`, ...
 
 A batch is a dict: "image" float32 [B, 3, H, W] (or "features" float32 [B, F], pooled backbone
-features from the feature cache, see `carid.training.features`), "label" int64 [B], "box" float32
-[B, 4] normalized xyxy relative to the network input, "has_box" bool [B], "index" int64 [B].
+features from the feature cache, see `carid.training.features`, plus "feature_map" float32
+[B, C, h, w] when the box head reads the map), "label" int64 [B], "box" float32 [B, 4] normalized
+xyxy relative to the network input, "has_box" bool [B], "index" int64 [B].
 
 Optimizer: AdamW / Adam / SGD over `CarNet.parameter_groups`: backbone and heads, each split into
 "decay" and "no_decay" (biases and normalization weights get no weight decay). Discriminative
@@ -80,7 +81,8 @@ class ModelMetadata:
         return PreprocessSpec.from_dict(self.preprocess, source="checkpoint preprocessing")
 
     def model_config(self) -> ModelConfig:
-        return from_dict(ModelConfig, dict(self.model), source="checkpoint model config")
+        """The model config; checkpoints from before `box_input` existed have a pooled box head."""
+        return from_dict(ModelConfig, {"box_input": "pooled", **self.model}, source="checkpoint model config")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (so checkpoints load with weights_only=True)."""
@@ -164,9 +166,9 @@ class CarModule(L.LightningModule):
         return self.network(images)
 
     def forward_batch(self, batch: Mapping[str, Tensor]):
-        """A batch of images, or of cached pooled features, -> CarNetOutput."""
+        """A batch of images, or of cached features (pooled, and the map if cached), -> CarNetOutput."""
         if "features" in batch:
-            return self.network.forward_heads(batch["features"])
+            return self.network.forward_heads(batch["features"], batch.get("feature_map"))
         return self(batch["image"])
 
     def setup(self, stage: str) -> None:
