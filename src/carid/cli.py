@@ -330,6 +330,82 @@ def data_collect(
     raise typer.Exit(summary.exit_code(strict))
 
 
+@data_app.command("curate")
+def data_curate(
+    path: DataPath = None,
+    fmt: FormatOption = None,
+    out: OutOption = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="A trained model (bundle, .ckpt or run folder) for mislabel detection."),
+    ] = None,
+    no_car_threshold: Annotated[
+        float | None, typer.Option(help="Flag 'no car' below this ImageNet car score.")
+    ] = None,
+    mislabel_threshold: Annotated[
+        float | None, typer.Option(help="Flag a label the model contradicts with at least this probability.")
+    ] = None,
+    no_car: Annotated[
+        bool, typer.Option("--no-car/--skip-no-car", help="Run the no-car filter (needs torch).")
+    ] = True,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the flagged files (recorded).")] = False,
+    move_to: Annotated[
+        Path | None, typer.Option("--move-to", help="Move the flagged files into this folder (recorded).")
+    ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Flag duplicates, non-images, tiny images, photos with no car and likely mislabels; write a review
+    page, a cleaned manifest (kept.csv) and flagged.csv. Deletes or moves nothing without --delete or
+    --move-to. The no-car filter runs EfficientNet-Lite0's ImageNet head: it needs the train extra
+    (torch, timm); --skip-no-car curates without it."""
+    from dataclasses import replace
+
+    from carid.config import CurateConfig
+    from carid.data.curate import CurateError, curate
+    from carid.data.nocar import CarScoreError, ImageNetCarScorer
+    from carid.data.readers import DatasetError
+
+    if delete and move_to is not None:
+        _fail("give --delete or --move-to, not both")
+    config, data_path = _load(config_path, overrides, path, fmt)
+    changes = {"no_car_threshold": no_car_threshold, "mislabel_threshold": mislabel_threshold}
+    curate_config = replace(CurateConfig(), **{k: v for k, v in changes.items() if v is not None})
+    predictor = None
+    if model is not None:
+        from carid.bundle import BundleError
+        from carid.inference import Predictor, PredictorError
+
+        try:
+            predictor = Predictor.load(model)
+        except (PredictorError, BundleError) as exc:
+            _fail(str(exc))
+    scorer = None
+    if no_car:
+        scorer = ImageNetCarScorer(grid=curate_config.no_car_grid, batch_size=curate_config.batch_size)
+    action = "delete" if delete else "move" if move_to is not None else "none"
+    try:
+        curation = curate(
+            data_path,
+            out or _default_out(data_path, "curate"),
+            data=config.data,
+            check=config.check,
+            config=curate_config,
+            car_scorer=scorer,
+            model=predictor,
+            action=action,
+            move_to=move_to,
+        )
+    except (CarScoreError, CurateError, DatasetError) as exc:
+        _fail(str(exc))
+    counts = ", ".join(f"{reason} {count}" for reason, count in curation.counts().items())
+    console.print(f"{curation.samples} samples: kept {len(curation.kept)}; flagged: {counts}")
+    for section, why in curation.skipped.items():
+        console.print(f"[yellow]{section} skipped:[/] {why}")
+    for name in ("review", "kept", "flagged", "summary"):
+        console.print(f"{name}: {curation.paths[name]}")
+
+
 @app.command("train")
 def train(
     config_path: Annotated[
