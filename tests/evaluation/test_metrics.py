@@ -325,6 +325,21 @@ def test_levels_with_a_single_value_are_left_out() -> None:
     assert levels[0].accuracy == 0.5
 
 
+def test_samples_whose_class_does_not_say_the_value_are_not_scored_at_that_level() -> None:
+    # "Honda Jazz Hatchback" has no year: its year is "Unknown". Sample 1 (a Jazz) predicted as the
+    # Jazz must not count as a right year; sample 0 (a 2012 Audi) predicted as the Jazz says year
+    # "Unknown", which is wrong.
+    taxonomy = Taxonomy.from_class_names(["Audi TT Coupe 2012", "Honda Jazz Hatchback", "BMW M3 Coupe 2010"])
+    probabilities = [[0.3, 0.6, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]
+    levels = {
+        level.level: level.accuracy for level in taxonomy_level_accuracy(probabilities, [0, 1, 2], taxonomy)
+    }
+    assert levels["year"] == pytest.approx(1 / 2)  # samples 0 (wrong: "Unknown") and 2 (right)
+    assert levels["body_type"] == pytest.approx(2 / 3)  # every body is known; sample 0 says Hatchback
+    only_unknown = taxonomy_level_accuracy(probabilities[1:2], [1], taxonomy)
+    assert "year" not in {level.level for level in only_unknown}
+
+
 def test_taxonomy_must_match_the_classes() -> None:
     taxonomy = Taxonomy.from_class_names(TOY_CLASSES)
     with pytest.raises(ValueError, match="taxonomy classes differ from class_names"):

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from carid.boxes import paired_iou
-from carid.taxonomy import Taxonomy, roll_up
+from carid.taxonomy import UNKNOWN, Taxonomy, roll_up
 
 DEFAULT_TOP_K: tuple[int, ...] = (1, 5)
 ECE_BINS = 15
@@ -576,7 +576,9 @@ def taxonomy_level_accuracy(
 
     This can be right when the top class is wrong: 0.4 Audi A4 + 0.3 + 0.3 on two BMWs says BMW.
     Levels with fewer than two values (every class the same year, or all "Unknown") are left out:
-    their accuracy would be 1 whatever the model does.
+    their accuracy would be 1 whatever the model does. Samples whose true class does not say its
+    value ("Unknown": a name that parses partially, e.g. no year) are not scored at that level, since
+    answering "Unknown" for them is no identification; answering "Unknown" for a known value is wrong.
     """
     probs = as_probabilities(probabilities)
     if taxonomy.num_classes != probs.shape[1]:
@@ -590,8 +592,12 @@ def taxonomy_level_accuracy(
         num_values = len(taxonomy.values(level))
         if num_values < 2:
             continue
-        rolled = roll_up(probs[labeled], taxonomy, level)
-        true_value = taxonomy.index_matrix(level)[truth[labeled]]
+        known = labeled.copy()
+        known[labeled] = np.array(taxonomy.labels(level), dtype=object)[truth[labeled]] != UNKNOWN
+        if not known.any():
+            continue
+        rolled = roll_up(probs[known], taxonomy, level)
+        true_value = taxonomy.index_matrix(level)[truth[known]]
         accuracy = float((rolled.argmax(axis=1) == true_value).mean())
         results.append(LevelAccuracy(level=level, accuracy=accuracy, num_values=num_values))
     return tuple(results)
