@@ -18,6 +18,7 @@ from carid.predict_io import (
     annotate_image,
     caption,
     gather_images,
+    print_predictions,
     run_predict,
     write_annotated,
     write_predictions,
@@ -79,6 +80,9 @@ def test_csv_and_json_outputs_parse(tmp_path: Path) -> None:
     assert float(good["probability"]) == pytest.approx(first.probability, abs=1e-6)
     assert (good["make"], good["model"], good["body_type"], good["year"]) == ("Audi", "M3", "Coupe", "2012")
     assert float(good["make_probability"]) == pytest.approx(first.make.probability, abs=1e-6)
+    assert first.body_type is not None and first.year is not None
+    assert float(good["body_type_probability"]) == pytest.approx(first.body_type.probability, abs=1e-6)
+    assert float(good["year_probability"]) == pytest.approx(first.year.probability, abs=1e-6)
     assert good["unknown"] == "false" and good["error"] == ""
     assert first.box is not None
     np.testing.assert_allclose(
@@ -142,3 +146,16 @@ def test_run_predict_end_to_end_on_the_tiny_bundle(
     assert result.to_dict()["num_images"] == 24
     with pytest.raises(InputError, match=r"expected a \.csv or \.json"):
         run_predict(bundle, [photos], out=tmp_path / "p.xml")
+
+
+def test_printed_table_shows_each_level_with_its_probability(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    _, predictions = _predictions(tmp_path)
+    console = Console(record=True, width=250)
+    print_predictions(predictions, console)
+    text = console.export_text()
+    first = predictions[0]
+    assert first.make is not None and first.body_type is not None and first.year is not None
+    for level in (first.make, first.body_type, first.year):
+        assert f"{level.value} {level.probability:.3f}" in text

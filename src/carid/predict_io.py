@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from carid.bundle import write_json_atomic
 from carid.data.images import IMAGE_SUFFIXES, ImageError, is_image_file, load_rgb
-from carid.inference import Prediction, Predictor
+from carid.inference import LevelScore, Prediction, Predictor
 
 PREDICTIONS_FORMAT = "carid.predictions"
 PREDICTIONS_VERSION = 1
@@ -353,7 +353,8 @@ def run_predict(
 
 
 def print_predictions(predictions: Sequence[Prediction], console: Any, limit: int = 20) -> None:
-    """A rich table of the first `limit` predictions (path, answer, probability, make, body, year, box)."""
+    """A rich table of the first `limit` predictions: path, answer, probability, make, body type and
+    year each with its rolled-up probability ("Audi 0.91"), box."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -367,11 +368,18 @@ def print_predictions(predictions: Sequence[Prediction], console: Any, limit: in
             escape(prediction.source),
             escape(prediction.label or ""),
             f"{prediction.probability:.3f}" if prediction.probability is not None else "",
-            escape(prediction.make.value) if prediction.make else "",
-            escape(prediction.body_type.value) if prediction.body_type else "",
-            escape(prediction.year.value) if prediction.year else "",
+            _level_cell(prediction.make),
+            _level_cell(prediction.body_type),
+            _level_cell(prediction.year),
             box,
         )
     console.print(table)
     if len(predictions) > limit:
         console.print(f"... and {len(predictions) - limit} more")
+
+
+def _level_cell(score: LevelScore | None) -> str:
+    """ "Audi 0.912" for a taxonomy level's value and probability (rich markup escaped), "" when absent."""
+    from rich.markup import escape
+
+    return "" if score is None else f"{escape(score.value)} {score.probability:.3f}"
