@@ -278,3 +278,16 @@ def test_devkit_meta_names_match_labels_csv(shared_datasets: Path) -> None:
     assert Taxonomy.from_class_names(meta_names) == Taxonomy.from_class_names(
         _stanford_class_names(shared_datasets)
     )
+
+
+def test_roll_up_of_partial_names_keeps_what_each_name_says() -> None:
+    # "Toyota Yaris Hatchback" says its body but no year; "Hyundai Creta 2021" its year but no body.
+    names = ["Audi TTS Coupe 2012", "Toyota Yaris Hatchback", "Hyundai Creta 2021"]
+    taxonomy = Taxonomy.from_class_names(names)
+    probabilities = np.array([[0.2, 0.5, 0.3]])
+    assert taxonomy.values("body_type") == ["Coupe", "Hatchback", UNKNOWN]
+    np.testing.assert_allclose(roll_up(probabilities, taxonomy, "body_type"), [[0.2, 0.5, 0.3]])
+    assert taxonomy.values("year") == ["2012", "2021", UNKNOWN]
+    np.testing.assert_allclose(roll_up(probabilities, taxonomy, "year"), [[0.2, 0.3, 0.5]])
+    assert taxonomy.values("make") == ["Audi", "Hyundai", "Toyota"]
+    np.testing.assert_allclose(roll_up(probabilities, taxonomy, "make"), [[0.2, 0.3, 0.5]])
