@@ -133,6 +133,9 @@ def test_predict_answers_as_the_predictor_does(
     assert answer["image_size"] == list(options["size"])
     assert answer["box"] is not None and "explanation" not in answer
     assert len(answer["top_k"]) == len(CAR_CLASSES)  # default top_k 5, capped by the 4 classes
+    for level in ("make", "body_type", "year"):  # rolled up: at least the top class's probability
+        assert set(answer[level]) == {"value", "probability"}
+        assert answer[level]["probability"] >= answer["top_k"][0]["probability"] - 1e-6
 
 
 def test_top_k_and_type_from_bytes_not_from_name_or_header(client: TestClient, tmp_path: Path) -> None:
