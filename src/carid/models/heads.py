@@ -4,8 +4,8 @@
 backbones.py for why). `SpatialBoxHead` reads the last feature map [B, C, h, w] itself: pooling
 averages away *where* things are, which is what a box needs, so the spatial head keeps the grid
 (1x1 conv reduction, flatten, MLP). On the Oxford pets head boxes the pooled head reached a mean IoU
-of 0.41, the spatial head ~0.9 (benchmarks/RESULTS.md). Both box heads decode with `decode_box` and
-start at the centred box.
+of only 0.41 (benchmarks/RESULTS.md, issue 3). Both box heads decode with `decode_box` and start at
+the centred box.
 """
 
 from __future__ import annotations
