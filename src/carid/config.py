@@ -95,8 +95,8 @@ class CurateConfig:
 
     __pydantic_config__ = STRICT
 
-    no_car_threshold: float = 0.05
-    no_car_grid: tuple[int, int] = (1, 1)
+    no_car_threshold: float = 0.075
+    no_car_grid: tuple[int, int] = (3, 2)
     mislabel_threshold: float = 0.9
     batch_size: int = 32
     keep_one_duplicate: bool = True
