@@ -18,6 +18,7 @@ import torch
 from carid.bundle import METADATA_FILE, MODEL_FILE, Bundle
 from carid.config import Config, from_dict
 from carid.data.split import load_split
+from carid.enroll.store import ENROLMENT_FILE
 from carid.export import (
     ExportError,
     ParityError,
@@ -88,7 +89,8 @@ class PerturbedBackend:
 @pytest.mark.slow
 def test_export_writes_a_parity_checked_bundle(tiny_run: Path, tiny_bundle: Path) -> None:
     assert tiny_bundle == tiny_run / "export"
-    assert sorted(p.name for p in tiny_bundle.iterdir()) == sorted([METADATA_FILE, MODEL_FILE])
+    files = sorted(p.name for p in tiny_bundle.iterdir())
+    assert files == sorted([METADATA_FILE, MODEL_FILE, ENROLMENT_FILE])
     assert not [p for p in tiny_run.iterdir() if p.name.startswith(".export")], "staging folder left behind"
     metadata = Bundle.load(tiny_bundle).metadata
     checkpoint = tiny_run / "checkpoints" / "best.ckpt"

@@ -25,7 +25,10 @@ training config, the checkpoint or torch:
       "source_sha256": "..." | null,
       "created": "2025-01-31T12:00:00Z" | null,
       "parity": {...} | null,                           the export's PyTorch-vs-ONNX check
-      "extra": {...}                                    run name, dataset, ...
+      "extra": {...},                                   run name, dataset, ...
+      "enrolment": {...} | null                         classes added without retraining: the
+                                                        embedding space, score calibration and
+                                                        enrolled classes (`carid.enroll.store`)
     }
 
 `Bundle.load(path)` validates every field and names the field and the file in its errors.
@@ -91,6 +94,7 @@ class BundleMetadata:
     created: str | None = None
     parity: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    enrolment: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -132,6 +136,7 @@ class BundleMetadata:
             "created": self.created,
             "parity": self.parity,
             "extra": self.extra,
+            "enrolment": self.enrolment,
         }
         return json.loads(json.dumps(data))
 
@@ -150,6 +155,7 @@ class BundleMetadata:
             "created": self.created,
             "source_checkpoint": self.source_checkpoint,
             "parity_passed": None if self.parity is None else self.parity.get("passed"),
+            "can_enrol": self.enrolment is not None,
         }
 
     @classmethod
@@ -200,6 +206,7 @@ class BundleMetadata:
             created=check.string("created", optional=True),
             parity=check.mapping("parity", optional=True),
             extra=check.mapping("extra", optional=True) or {},
+            enrolment=check.mapping("enrolment", optional=True),
         )
         try:
             PreprocessSpec.from_dict(metadata.preprocess, source="field 'preprocess'")

@@ -450,6 +450,14 @@ def export(
     ] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle folder.")] = False,
+    enrol_images: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Training photos that fit the embedding space for `carid enroll` (0: the bundle cannot "
+            "take new classes).",
+        ),
+    ] = 1000,
 ) -> None:
     """Export a trained model to a bundle (model.onnx + model.json), parity-checked against PyTorch."""
     from rich.markup import escape
@@ -465,6 +473,7 @@ def export(
             opset=opset,
             overwrite=force,
             say=lambda line: console.print(line, markup=False, highlight=False),
+            enrol_images=enrol_images,
             **options,
         )
     except ParityError as exc:
@@ -473,6 +482,77 @@ def export(
     except ExportError as exc:
         _fail(escape(str(exc)))
     console.print(f"bundle: {result.bundle.path} ({result.seconds:.1f} s)", markup=False, highlight=False)
+
+
+@app.command("enroll")
+def enroll(
+    model: Annotated[
+        Path, typer.Argument(help="A bundle folder (or a run folder with an export).", show_default=False)
+    ],
+    photos: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Photos of the new class: files, folders or globs.", show_default=False),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", "-l", help='The new class, e.g. "Hyundai Creta 2021".')
+    ] = None,
+    replace_photos: Annotated[
+        bool, typer.Option("--replace", help="An enrolled class forgets its earlier photos.")
+    ] = False,
+    remove: Annotated[
+        list[str] | None, typer.Option("--remove", help="Remove this enrolled class (repeatable).")
+    ] = None,
+    list_classes: Annotated[bool, typer.Option("--list", help="List the enrolled classes.")] = False,
+) -> None:
+    """Add a class to a bundle from a few photos, without retraining; --remove one; list them (--list,
+    also the default)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from carid.bundle import BundleError
+    from carid.enroll.store import EnrolError, listing
+    from carid.enroll.store import enroll as enroll_class
+    from carid.enroll.store import remove as remove_classes
+    from carid.predict_io import InputError, gather_images
+
+    try:
+        if remove:
+            left = remove_classes(model, remove)
+            console.print(f"removed {', '.join(remove)}; enrolled classes left: {len(left)}", markup=False)
+        elif label is not None:
+            paths = gather_images([str(p) for p in photos or []])
+            result = enroll_class(
+                model,
+                label,
+                paths,
+                replace_photos=replace_photos,
+                say=lambda line: err_console.print(f"[yellow]{escape(line)}[/]", highlight=False),
+            )
+            verb = "enrolled" if result.new_class else "updated"
+            console.print(
+                f"{verb} {result.label!r} from {len(result.added_photos)} photo(s) ({result.photos} in all, "
+                f"{len(result.skipped)} skipped); {len(result.classes)} enrolled class(es) "
+                f"in {result.bundle}",
+                markup=False,
+                highlight=False,
+            )
+        elif photos:
+            _fail("photos given without --label NAME (the class they show)")
+        bundle, enrolment = listing(model)
+    except (EnrolError, BundleError, InputError) as exc:
+        _fail(escape(str(exc)))
+    if enrolment is None:
+        console.print(
+            f"{bundle.path}: cannot take new classes (re-export it with `carid export RUN --force`)"
+        )
+        return
+    if list_classes or not (remove or label):
+        table = Table(title=f"enrolled classes of {bundle.path} ({bundle.metadata.num_classes} trained)")
+        for column in ("class", "photos", "added", "updated"):
+            table.add_column(column)
+        for item in enrolment.classes:
+            table.add_row(escape(item.label), str(item.photos), item.added, item.updated)
+        console.print(table)
 
 
 @app.command("predict")

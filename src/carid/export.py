@@ -15,6 +15,9 @@ a folder given with `parity_data`. Every image must get the same top-1 class (a 
 `PROBABILITY_TOLERANCE` and, with a box head, boxes within `BOX_TOLERANCE_PX` pixels of the original
 photo. When it fails, `ParityError` names the worst image and nothing is written.
 
+Then, for a run, the embedding space that `carid enroll` adds new classes in is fitted on the run's
+training photos and calibrated on its validation photos (`carid.enroll.prepare`; enrolment.npz).
+
 The bundle is built in a temporary folder beside the destination and renamed into place only when
 the check passed (an existing bundle is replaced only with `overwrite`).
 """
@@ -50,6 +53,7 @@ from carid.bundle import (
     write_metadata,
 )
 from carid.data.images import is_image_file
+from carid.enroll.prepare import DEFAULT_SPACE_IMAGES, prepare_enrolment
 from carid.evaluation.calibration import apply_temperature
 from carid.inference import (
     RUN_CHECKPOINT,
@@ -446,6 +450,7 @@ def export_bundle(
     overwrite: bool = False,
     optimize: bool = True,
     say: Callable[[str], None] | None = None,
+    enrol_images: int = DEFAULT_SPACE_IMAGES,
 ) -> ExportResult:
     """Export a run folder or a .ckpt to a bundle folder; see the module docstring.
 
@@ -453,6 +458,8 @@ def export_bundle(
     parity check uses (0 skips it, recorded in model.json). parity_data: a folder of photos for
     the check instead of the run's split. overwrite: replace an existing bundle folder.
     say: called with a line of progress at each step (the CLI prints them).
+    enrol_images: training photos of the run's split that fit the embedding space new classes are
+    enrolled in (`carid.enroll.prepare`; 0 skips it: the bundle then cannot take new classes).
     Raises ExportError for unusable inputs and ParityError when the check fails.
     """
     started = time.perf_counter()
@@ -520,6 +527,7 @@ def export_bundle(
             parity=report.to_dict() if report is not None else {"skipped": True, "passed": None},
         )
         write_metadata(staging, metadata)
+        _prepare_enrolment(staging, run_dir, enrol_images, tell)
         Bundle.load(staging)  # what readers will see: validate before moving into place
         _move_into_place(staging, out_dir, overwrite)
     finally:
@@ -527,6 +535,21 @@ def export_bundle(
             shutil.rmtree(staging, ignore_errors=True)
     bundle = Bundle.load(out_dir)
     return ExportResult(bundle=bundle, parity=report, seconds=time.perf_counter() - started)
+
+
+def _prepare_enrolment(staging: Path, run_dir: Path | None, images: int, tell: Callable[[str], None]) -> None:
+    """Fit the bundle's enrolment space from the run's split; a bundle without it still predicts."""
+    if images <= 0:
+        tell("enrolment space skipped (--enrol-images 0): the bundle cannot take new classes")
+        return
+    split = None if run_dir is None else run_dir / "split.csv"
+    if split is None or not split.is_file():
+        tell("enrolment space skipped: no run split.csv to fit it on (export a run folder to get one)")
+        return
+    try:
+        prepare_enrolment(staging, split, images=images, say=tell)
+    except ValueError as exc:
+        tell(f"enrolment space skipped: {exc}")
 
 
 def _path(value: Path | str | None) -> Path | None:

@@ -10,7 +10,8 @@
 `Predictor.load(path)` accepts a bundle folder (or its model.json), a `.ckpt` checkpoint, a run
 folder (its `export/` bundle when present, else `checkpoints/best.ckpt` on PyTorch), or an ensemble
 folder (ensemble.json: `carid.evaluation.ensemble.EnsemblePredictor`, which runs each member bundle
-on its own preprocessing and combines their probabilities). backend="auto"
+on its own preprocessing and combines their probabilities). A bundle's enrolled classes (`carid enroll`,
+`carid.enroll.store`) are scored from the embedding output and follow the trained classes. backend="auto"
 picks ONNX Runtime for bundles and PyTorch for checkpoints; backend="torch" on a bundle runs the
 bundle's source checkpoint with the bundle's calibration (to compare the two backends).
 
@@ -28,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image
@@ -48,7 +49,10 @@ from carid.bundle import (
 from carid.data.images import ImageError, to_rgb
 from carid.evaluation.calibration import apply_temperature, apply_unknown
 from carid.preprocess import Geometry, PreprocessSpec, load_image, preprocess
-from carid.taxonomy import roll_up
+
+if TYPE_CHECKING:
+    from carid.enroll.store import Enrolment
+from carid.taxonomy import Taxonomy, roll_up
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +421,26 @@ class Predictor:
     share between threads (ONNX Runtime sessions and eval-mode torch modules are).
     """
 
-    def __init__(self, backend: InferenceBackend, metadata: BundleMetadata, source: Path | str | None = None):
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        metadata: BundleMetadata,
+        source: Path | str | None = None,
+        enrolment: Enrolment | None = None,
+    ):
         self.backend = backend
-        self.metadata = metadata
         self.source = None if source is None else Path(source)
+        # Enrolled classes (`carid enroll`) follow the trained ones: their scores are appended to
+        # the trained logits, and the class names (and taxonomy) the predictor answers with grow.
+        self.trained_classes = metadata.num_classes
+        self.enrolment = enrolment if enrolment is not None and enrolment.classes else None
+        if self.enrolment is not None:
+            if EMBEDDING not in backend.output_names:
+                raise PredictorError(
+                    f"{self.source or 'model'}: enrolled classes need the model's {EMBEDDING!r} output"
+                )
+            metadata = with_enrolled_classes(metadata, self.enrolment.labels)
+        self.metadata = metadata
         self.spec: PreprocessSpec = metadata.preprocess_spec()
         taxonomy = metadata.taxonomy_object() if metadata.label_level == "class" else None
         # Class names that are no car names at all ("red", "Abyssinian") say no make or body type.
@@ -448,12 +468,15 @@ class Predictor:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         device: str = "cpu",
+        enrolled: bool = True,
     ) -> Predictor:
         """A predictor for a bundle folder / model.json, a .ckpt, or a run folder (see module docstring).
 
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
         threads: intra-op threads (ONNX Runtime), or torch.set_num_threads for the torch backend.
         device: torch device for the torch backend.
+        enrolled: answer with the bundle's enrolled classes too (`carid enroll`); False: the trained
+            classes only.
         Raises PredictorError / BundleError naming the path and the problem.
         """
         if backend not in BACKENDS:
@@ -466,13 +489,13 @@ class Predictor:
 
             return EnsemblePredictor.load(path, backend, providers=providers, threads=threads, device=device)
         if (path.is_dir() and (path / METADATA_FILE).is_file()) or path.name == METADATA_FILE:
-            return cls._from_bundle(Bundle.load(path), backend, providers, threads, device)
+            return cls._from_bundle(Bundle.load(path), backend, providers, threads, device, enrolled)
         if path.is_file() and path.suffix == ".onnx":
             if not (path.parent / METADATA_FILE).is_file():
                 raise PredictorError(
                     f"{path}: an ONNX file needs its {METADATA_FILE} beside it (a carid bundle)"
                 )
-            return cls._from_bundle(Bundle.load(path.parent), backend, providers, threads, device)
+            return cls._from_bundle(Bundle.load(path.parent), backend, providers, threads, device, enrolled)
         if path.is_file() and path.suffix == ".ckpt":
             if backend == "onnx":
                 raise PredictorError(
@@ -481,7 +504,7 @@ class Predictor:
                 )
             return cls._from_checkpoint(path, threads=threads, device=device)
         if path.is_dir() and ((path / RUN_CHECKPOINT).is_file() or (path / RUN_EXPORT_DIR).is_dir()):
-            return cls._from_run(path, backend, providers, threads, device)
+            return cls._from_run(path, backend, providers, threads, device, enrolled)
         raise PredictorError(
             f"{path}: not a model: expected a bundle folder (with {METADATA_FILE}), a .ckpt checkpoint "
             f"or a run folder (with {RUN_CHECKPOINT.as_posix()})"
@@ -495,6 +518,7 @@ class Predictor:
         providers: Sequence[str] | None,
         threads: int | None,
         device: str,
+        enrolled: bool = True,
     ) -> Predictor:
         metadata = bundle.metadata
         if backend != "torch":
@@ -506,7 +530,7 @@ class Predictor:
                     f"but {bundle.metadata_path} field 'output_names' lists {list(metadata.output_names)}"
                 )
             _check_input_size(onnx, metadata, bundle.model_path)
-            return cls(onnx, metadata, bundle.path)
+            return cls(onnx, metadata, bundle.path, _enrolment(bundle, enrolled))
         checkpoint = metadata.source_checkpoint
         if not checkpoint or not Path(checkpoint).is_file():
             raise PredictorError(
@@ -521,7 +545,7 @@ class Predictor:
         torch_backend, checkpoint_metadata = TorchBackend.from_checkpoint(checkpoint, device, threads)
         if tuple(checkpoint_metadata["class_names"]) != metadata.class_names:
             raise PredictorError(f"{bundle.path}: the classes of {checkpoint} differ from the bundle's")
-        return cls(torch_backend, metadata, bundle.path)
+        return cls(torch_backend, metadata, bundle.path, _enrolment(bundle, enrolled))
 
     @classmethod
     def _from_checkpoint(
@@ -551,10 +575,11 @@ class Predictor:
         providers: Sequence[str] | None,
         threads: int | None,
         device: str,
+        enrolled: bool = True,
     ) -> Predictor:
         export = run_dir / RUN_EXPORT_DIR
         if backend != "torch" and (export / METADATA_FILE).is_file():
-            return cls._from_bundle(Bundle.load(export), "onnx", providers, threads, device)
+            return cls._from_bundle(Bundle.load(export), "onnx", providers, threads, device, enrolled)
         if backend == "onnx":
             raise PredictorError(
                 f"{run_dir}: the run has no export in {export}; run `carid export {run_dir}`"
@@ -645,11 +670,13 @@ class Predictor:
         """
         outputs = self.backend.run(np.stack([item.array for item in prepared]))  # type: ignore[misc]
         logits = np.asarray(outputs[LOGITS], dtype=np.float64)
-        if logits.shape != (len(prepared), self.metadata.num_classes):
+        if logits.shape != (len(prepared), self.trained_classes):
             raise PredictorError(
                 f"{self.source or 'model'}: the network gave logits of shape {list(logits.shape)} for "
-                f"{len(prepared)} images, but model.json lists {self.metadata.num_classes} classes"
+                f"{len(prepared)} images, but model.json lists {self.trained_classes} classes"
             )
+        if self.enrolment is not None:
+            logits = np.concatenate([logits, self.enrolment.scores(outputs[EMBEDDING])], axis=1)
         if not self.metadata.with_box:
             return logits, None
         normalized = np.asarray(outputs[BOX], dtype=np.float64)
@@ -784,6 +811,8 @@ class Predictor:
             "backend": self.backend.name,
             "source": None if self.source is None else str(self.source),
             **self.metadata.summary(),
+            "num_trained_classes": self.trained_classes,
+            "enrolled_classes": [] if self.enrolment is None else self.enrolment.summary(),
             "class_names": list(self.metadata.class_names),
         }
 
@@ -798,6 +827,26 @@ def _as_list(images: Iterable[ImageInput] | ImageInput) -> list[Any]:
     if isinstance(images, str | Path | bytes | bytearray | Image.Image):
         return [images]
     return list(images)
+
+
+def _enrolment(bundle: Bundle, enrolled: bool) -> Enrolment | None:
+    """The bundle's enrolled classes when asked for; EnrolError (a PredictorError) when broken."""
+    if not enrolled or bundle.metadata.enrolment is None:
+        return None
+    from carid.enroll.store import EnrolError, load_enrolment
+
+    try:
+        return load_enrolment(bundle)
+    except EnrolError as exc:
+        raise PredictorError(str(exc)) from None
+
+
+def with_enrolled_classes(metadata: BundleMetadata, labels: Sequence[str]) -> BundleMetadata:
+    """The metadata as the predictor answers with it: trained classes, then the enrolled ones (the
+    taxonomy, when the trained names had one, parsed again over all names)."""
+    names = (*metadata.class_names, *labels)
+    taxonomy = None if metadata.taxonomy is None else Taxonomy.from_class_names(names).to_dict()
+    return replace(metadata, class_names=names, taxonomy=taxonomy)
 
 
 def _check_input_size(backend: OnnxBackend, metadata: BundleMetadata, model_path: Path) -> None:

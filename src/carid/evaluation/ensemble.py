@@ -871,7 +871,12 @@ class EnsemblePredictor(Predictor):
         ensemble = Ensemble.load(path)
         members = [
             Predictor.load(
-                ensemble.member_path(index), backend, providers=providers, threads=threads, device=device
+                ensemble.member_path(index),
+                backend,
+                providers=providers,
+                threads=threads,
+                device=device,
+                enrolled=False,  # an ensemble answers with its members' trained classes
             )
             for index in range(len(ensemble.bundles))
         ]
