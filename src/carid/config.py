@@ -129,8 +129,9 @@ class ModelConfig:
     box_head: "auto" (when the dataset has boxes), "on" or "off".
     box_input: what the box head reads: "map" (the backbone's last feature map [B, C, h, w]: 1x1 conv
         to box_channels, flatten, MLP; keeps where things are) or "pooled" (the pooled embedding
-        [B, D], as the class head; weak at localizing).
-    box_channels: channels of the "map" box head's 1x1 conv reduction.
+        [B, D], as the class head; weak at localizing) or "cells" (the feature map, a convolutional
+        head whose cells each propose a box and a score; the score-weighted mean is the box).
+    box_channels: channels of the "map" / "cells" box head's convolutions.
     box_hidden: hidden units of the box head MLP (0 = a single linear layer).
     drop_path_rate: stochastic depth for timm backbones that support it (must be 0 for carid_vgg).
     backbone_args may not set num_classes, pretrained or global_pool (the network owns those).
@@ -145,7 +146,7 @@ class ModelConfig:
     hidden: int = 0
     dropout: float = 0.2
     box_head: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
-    box_input: Literal["map", "pooled"] = "map"
+    box_input: Literal["map", "pooled", "cells"] = "map"
     box_channels: int = 64
     box_hidden: int = 256
     drop_path_rate: float = 0.0

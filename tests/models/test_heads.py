@@ -1,4 +1,5 @@
-"""ClassHead, BoxHead and SpatialBoxHead: shapes, layers, and boxes that are always valid normalized xyxy."""
+"""ClassHead, BoxHead, SpatialBoxHead and CellBoxHead: shapes, layers, and boxes that are always
+valid normalized xyxy."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from carid.models.heads import BoxHead, ClassHead, SpatialBoxHead, decode_box
+from carid.models.heads import BoxHead, CellBoxHead, ClassHead, SpatialBoxHead, decode_box
 
 
 def test_class_head_without_hidden_layer():
@@ -115,3 +116,38 @@ def test_spatial_box_head_rejects_another_map_size():
     head = SpatialBoxHead(4, grid=(2, 2))
     with pytest.raises(ValueError, match=r"\[B, C, 2, 2\], got \[1, 4, 3, 3\]"):
         head(torch.zeros(1, 4, 3, 3))
+
+
+def test_cell_box_head_starts_centred_on_any_grid():
+    head = CellBoxHead(8, channels=4)
+    nn.init.zeros_(head.out.weight)  # exactly the initial outputs: uniform scores, sigmoid 0.5
+    for grid in ((6, 6), (4, 4), (1, 1)):
+        box = head(torch.randn(3, 8, *grid))
+        torch.testing.assert_close(box, torch.tensor([[0.25, 0.25, 0.75, 0.75]]).expand(3, 4))
+
+
+def test_cell_box_head_votes_hand_computed():
+    """Two cells of a 1x2 grid, centres x 0.25 and 0.75, y 0.5; the right cell scores ln 3 higher
+    (weights 1/4, 3/4); edges sigmoid 0.5 -> left box [0.125, 0.25, 0.625, 0.75], right box
+    [0.375, 0.25, 0.875, 0.75]; the vote: [0.3125, 0.25, 0.8125, 0.75]."""
+    raw = torch.zeros(1, 5, 1, 2)
+    raw[0, 0, 0, 1] = float(torch.log(torch.tensor(3.0)))
+    torch.testing.assert_close(CellBoxHead.vote(raw), torch.tensor([[0.3125, 0.25, 0.8125, 0.75]]))
+    # l = sigmoid^-1(1) pushes the left cell's x1 to 0: its proposal is [0, 0.25, 0.625, 0.75].
+    raw[0, 1, 0, 0] = 30.0
+    torch.testing.assert_close(CellBoxHead.vote(raw), torch.tensor([[0.28125, 0.25, 0.8125, 0.75]]))
+
+
+def test_cell_box_head_boxes_are_valid_and_trainable():
+    head = CellBoxHead(8, channels=4)
+    nn.init.normal_(head.out.weight, std=5.0)  # extreme outputs must still give valid boxes
+    features = torch.randn(4, 8, 5, 7, requires_grad=True)
+    box = head(features)
+    assert box.shape == (4, 4) and bool(((box >= 0) & (box <= 1)).all())
+    assert bool((box[:, 0] <= box[:, 2]).all() and (box[:, 1] <= box[:, 3]).all())
+    box.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    with pytest.raises(ValueError, match="feature maps"):
+        head(torch.randn(2, 8))
+    with pytest.raises(ValueError, match="channels must be >= 1"):
+        CellBoxHead(8, channels=0)

@@ -78,7 +78,7 @@ def test_spatial_box_head_grid_follows_the_image_size():
         net(torch.randn(2, 3, 64, 64))
 
 
-@pytest.mark.parametrize("box_input", ["map", "pooled"])
+@pytest.mark.parametrize("box_input", ["map", "pooled", "cells"])
 def test_encode_and_heads_compose_to_forward(box_input):
     net = tiny_net(True, box_input=box_input).eval()
     images = torch.randn(2, 3, 32, 32)
@@ -160,7 +160,9 @@ def test_wants_box_head():
 
 
 @pytest.mark.slow  # the dynamo exporter takes 4-7 s
-@pytest.mark.parametrize(("with_box", "box_input"), [(True, "map"), (True, "pooled"), (False, "map")])
+@pytest.mark.parametrize(
+    ("with_box", "box_input"), [(True, "map"), (True, "pooled"), (True, "cells"), (False, "map")]
+)
 def test_onnx_export_matches_pytorch(with_box, box_input, tmp_path: Path):
     """Exported with torch.onnx.export's default (dynamo) exporter, dynamic batch size."""
     net = tiny_net(with_box, box_input=box_input).eval()

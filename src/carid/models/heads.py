@@ -5,7 +5,10 @@ backbones.py for why). `SpatialBoxHead` reads the last feature map [B, C, h, w] 
 averages away *where* things are, which is what a box needs, so the spatial head keeps the grid
 (1x1 conv reduction, flatten, MLP). On the Oxford pets head boxes the pooled head reached a mean IoU
 of only 0.41 (benchmarks/RESULTS.md, issue 3). Both box heads decode with `decode_box` and start at
-the centred box.
+the centred box. `CellBoxHead` is fully convolutional: every grid cell proposes a box around its own
+centre and a score, and the box is the score-weighted mean of the cell boxes. Its weights are shared
+by all cells (the same object gives the same proposal wherever it is), which needs far fewer
+boxed photos than an MLP that learns each position separately, and it works at any input size.
 """
 
 from __future__ import annotations
@@ -120,3 +123,53 @@ class SpatialBoxHead(nn.Module):
                 f"{list(feature_map.shape)} (a different input size than model.image_size?)"
             )
         return decode_box(self.fc(self.hidden(self.reduce(feature_map).flatten(1))))
+
+
+class CellBoxHead(nn.Module):
+    """Feature map [B, C, h, w] -> one box per image [B, 4], normalized xyxy, by weighted cell votes.
+
+    Conv1x1(C, channels) -> ReLU -> Conv3x3(channels, channels) -> ReLU -> Conv1x1(channels, 5):
+    per cell a score and four edge outputs. A cell with centre (cx, cy) proposes
+    x1 = cx * (1 - sigmoid(l)), x2 = cx + (1 - cx) * sigmoid(r) (y likewise), always a valid box
+    inside the image and around the cell's centre, with a gradient everywhere. The box is the mean
+    of the proposals weighted by the softmax of the scores over all cells (differentiable, no
+    non-maximum suppression). Starts at uniform weights and sigmoid 0.5, i.e. the centred box
+    [0.25, 0.25, 0.75, 0.75] on a symmetric grid. Any grid size works.
+    """
+
+    reads_feature_map = True
+
+    def __init__(self, in_channels: int, channels: int = 64):
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"CellBoxHead: channels must be >= 1, got {channels}")
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, channels, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.out = nn.Conv2d(channels, 5, kernel_size=1)
+        nn.init.normal_(self.out.weight, std=0.01)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        if feature_map.ndim != 4:
+            raise ValueError(f"CellBoxHead reads feature maps [B, C, h, w], got {list(feature_map.shape)}")
+        return self.vote(self.out(self.body(feature_map)))
+
+    @staticmethod
+    def vote(raw: torch.Tensor) -> torch.Tensor:
+        """Per-cell outputs [B, 5, h, w] (score, l, t, r, b) -> the weighted box [B, 4]."""
+        height, width = raw.shape[-2:]
+        cy = (torch.arange(height, device=raw.device, dtype=raw.dtype) + 0.5) / height
+        cx = (torch.arange(width, device=raw.device, dtype=raw.dtype) + 0.5) / width
+        cy, cx = cy.view(1, height, 1), cx.view(1, 1, width)
+        edges = torch.sigmoid(raw[:, 1:])
+        x1 = cx * (1 - edges[:, 0])
+        y1 = cy * (1 - edges[:, 1])
+        x2 = cx + (1 - cx) * edges[:, 2]
+        y2 = cy + (1 - cy) * edges[:, 3]
+        weights = torch.softmax(raw[:, 0].flatten(1), dim=1)  # [B, h * w]
+        boxes = torch.stack([x1, y1, x2, y2], dim=-1).flatten(1, 2)  # [B, h * w, 4]
+        return (weights.unsqueeze(-1) * boxes).sum(dim=1)

@@ -4,6 +4,7 @@
         --pool--> embeddings [B, D] --ClassHead--> logits [B, C]
         feature map --SpatialBoxHead--> box [B, 4] (normalized xyxy)   (model.box_input: map)
         embeddings  --BoxHead---------> box [B, 4]                     (model.box_input: pooled)
+        feature map --CellBoxHead-----> box [B, 4]                     (model.box_input: cells)
 
 `encode(images)` gives both (an `Encoded`), `forward_heads(embeddings, feature_map)` runs the heads
 on them; the feature map may be None when the box head reads the pooled embeddings (or there is
@@ -28,7 +29,7 @@ from torch import nn
 
 from carid.config import ModelConfig
 from carid.models.backbones import Backbone, InputSpec, create_backbone
-from carid.models.heads import BoxHead, ClassHead, SpatialBoxHead
+from carid.models.heads import BoxHead, CellBoxHead, ClassHead, SpatialBoxHead
 
 
 class Encoded(NamedTuple):
@@ -51,7 +52,10 @@ class CarNet(nn.Module):
     """Backbone + class head (+ box head). Build it with `build_network`."""
 
     def __init__(
-        self, backbone: Backbone, class_head: ClassHead, box_head: BoxHead | SpatialBoxHead | None = None
+        self,
+        backbone: Backbone,
+        class_head: ClassHead,
+        box_head: BoxHead | SpatialBoxHead | CellBoxHead | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -186,15 +190,18 @@ def wants_box_head(setting: Literal["auto", "on", "off"], dataset_has_boxes: boo
 def build_network(config: ModelConfig, num_classes: int, with_box: bool) -> CarNet:
     """The CarNet described by `config` for `num_classes` classes, with a box head when `with_box`:
     a `SpatialBoxHead` on the feature map of an image_size input (box_input "map") or a `BoxHead`
-    on the pooled embeddings (box_input "pooled").
+    on the pooled embeddings (box_input "pooled"), or a `CellBoxHead` on the feature map (box_input
+    "cells").
 
     To rebuild a trained network from a checkpoint, pass the run's config with pretrained="none"
     (no weight packages or downloads needed) and then load the state dict.
     """
     backbone = create_backbone(config)
     class_head = ClassHead(backbone.num_features, num_classes, hidden=config.hidden, dropout=config.dropout)
-    box_head: BoxHead | SpatialBoxHead | None = None
-    if with_box and config.box_input == "map":
+    box_head: BoxHead | SpatialBoxHead | CellBoxHead | None = None
+    if with_box and config.box_input == "cells":
+        box_head = CellBoxHead(backbone.feature_channels, channels=config.box_channels)
+    elif with_box and config.box_input == "map":
         grid = backbone.feature_map_size(config.image_size)
         box_head = SpatialBoxHead(
             backbone.feature_channels, grid, channels=config.box_channels, hidden=config.box_hidden
