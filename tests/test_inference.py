@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -475,3 +476,32 @@ def test_pil_image_is_not_modified(tmp_path: Path) -> None:
     image.save(buffer, format="PNG")
     (from_bytes,) = predictor.predict(buffer.getvalue())
     assert from_bytes.ok
+
+
+def test_the_next_batch_is_prepared_while_the_model_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [write_image(tmp_path / f"{i}.png", seed=i) for i in range(5)]
+    predictor, backend = stub_predictor()
+    prepare, run = predictor._prepare, backend.run
+    started: dict[str, threading.Event] = {str(p): threading.Event() for p in paths}
+    overlapped: list[bool] = []
+
+    def recording_prepare(images, names):
+        started[names[0]].set()
+        return prepare(images, names)
+
+    def waiting_run(batch):
+        # While the model runs on batch k, batch k + 1 (first image paths[2k + 2]) gets prepared.
+        k = len(overlapped)
+        if 2 * k + 2 < len(paths):
+            overlapped.append(started[str(paths[2 * k + 2])].wait(timeout=10))
+        else:
+            overlapped.append(True)
+        return run(batch)
+
+    monkeypatch.setattr(predictor, "_prepare", recording_prepare)
+    monkeypatch.setattr(backend, "run", waiting_run)
+    results = predictor.predict(paths, batch_size=2)
+    assert [r.source for r in results] == [str(p) for p in paths] and all(r.ok for r in results)
+    assert overlapped == [True, True, True]

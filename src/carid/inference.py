@@ -27,6 +27,7 @@ import logging
 import pickle
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -622,14 +623,25 @@ class Predictor:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for start in range(0, len(items), batch_size):
-            end = start + batch_size
-            yield self._predict_batch(items[start:end], labels[start:end], top_k)
+        chunks = [
+            (items[start : start + batch_size], labels[start : start + batch_size])
+            for start in range(0, len(items), batch_size)
+        ]
+        if len(chunks) <= 1:
+            for images_chunk, names_chunk in chunks:
+                yield self._predict_prepared(self._prepare(images_chunk, names_chunk), top_k)
+            return
+        # Decode and preprocess the next batch in a thread while the model runs on this one
+        # (Pillow's decoding and resizing and NumPy release the GIL; the results keep input order).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carid-prepare") as pool:
+            pending = pool.submit(self._prepare, *chunks[0])
+            for index in range(len(chunks)):
+                prepared = pending.result()
+                if index + 1 < len(chunks):
+                    pending = pool.submit(self._prepare, *chunks[index + 1])
+                yield self._predict_prepared(prepared, top_k)
 
-    def _predict_batch(
-        self, images: Sequence[ImageInput], names: Sequence[str], top_k: int
-    ) -> list[Prediction]:
-        prepared = self._prepare(images, names)
+    def _predict_prepared(self, prepared: Sequence[PreparedImage], top_k: int) -> list[Prediction]:
         good = [item for item in prepared if item.error is None]
         results: dict[int, Prediction] = {}
         if good:
