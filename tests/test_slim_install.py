@@ -94,3 +94,17 @@ def test_slim_install_predicts_without_torch(
         [str(carid), "predict", str(bundle.parent / "checkpoints" / "best.ckpt"), str(photos[0])], timeout=60
     )
     assert checkpoint.returncode == 2 and "needs PyTorch" in checkpoint.stderr
+
+    # Enrolment needs no torch either: a new class from two photos, then predicted from a copy.
+    enrolled = tmp_path / "enrolled-bundle"
+    shutil.copytree(bundle, enrolled)
+    added = _run(
+        [str(carid), "enroll", str(enrolled), "--label", "Hyundai Creta 2021", *map(str, photos[:2])],
+        timeout=120,
+    )
+    assert added.returncode == 0, added.stderr
+    out = tmp_path / "enrolled.json"
+    predicted = _run([str(carid), "predict", str(enrolled), str(photos[0]), "--out", str(out)], timeout=120)
+    assert predicted.returncode == 0, predicted.stderr
+    [result] = json.loads(out.read_text(encoding="utf-8"))["predictions"]
+    assert "Hyundai Creta 2021" in [score["label"] for score in result["top_k"]]
