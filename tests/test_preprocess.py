@@ -174,6 +174,16 @@ def test_non_rgb_input_is_converted() -> None:
     assert network.shape == (3, 16, 16)
 
 
+def test_normalize_matches_the_formula_channel_first() -> None:
+    spec = PreprocessSpec(image_size=(5, 7), mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3))
+    pixels = np.random.default_rng(3).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    network = prep.normalize(pixels, spec)
+    expected = (pixels.astype(np.float64) / 255.0 - np.array(spec.mean)) / np.array(spec.std)
+    assert network.dtype == np.float32 and network.flags["C_CONTIGUOUS"]
+    assert network.shape == (3, 5, 7)
+    np.testing.assert_allclose(network, expected.transpose(2, 0, 1), atol=1e-5)
+
+
 def test_denormalize_inverts_normalize() -> None:
     spec = PreprocessSpec(image_size=(8, 8), mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3))
     pixels = np.random.default_rng(2).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
