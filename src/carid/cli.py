@@ -330,6 +330,51 @@ def data_collect(
     raise typer.Exit(summary.exit_code(strict))
 
 
+@data_app.command("compose")
+def data_compose(
+    objects: Annotated[Path, typer.Argument(help="A labelled dataset of crops (any carid format).")],
+    backgrounds: Annotated[Path, typer.Argument(help="A folder of background photos with no car.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (csv-boxes dataset).")],
+    fmt: FormatOption = None,
+    per_object: Annotated[int, typer.Option(help="Composites per crop.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of placement, scale, flip and background.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use at most this many crops.")] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Crop file names or stems to leave out, e.g. a held-out test photo (repeatable)."),
+    ] = None,
+    only_unboxed: Annotated[
+        bool,
+        typer.Option(
+            "--only-unboxed", help="BACKGROUNDS is a boxed dataset: use only its images with no box."
+        ),
+    ] = False,
+) -> None:
+    """Paste labelled crops onto background photos at random places and scales, so a crop-only
+    dataset gets boxes: writes images/, boxes.csv (csv-boxes format) and manifest.json."""
+    from carid.data.compose import ComposeConfig, compose, list_backgrounds
+    from carid.data.readers import DatasetError, read_dataset
+
+    try:
+        table = read_dataset(objects, fmt).usable()
+        if only_unboxed:
+            pool = [s.path for s in read_dataset(backgrounds).usable() if not s.has_box]
+        else:
+            pool = list_backgrounds(backgrounds)
+        skip = set(exclude or [])
+        samples = [s for s in table if s.path.name not in skip and s.path.stem not in skip]
+        report = compose(samples, pool, out, ComposeConfig(seed=seed, per_object=per_object), limit=limit)
+    except (DatasetError, FileExistsError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    for problem in report.problems:
+        err_console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
+    console.print(
+        f"compose: {report.written} images from {report.objects} crops on {report.backgrounds} backgrounds "
+        f"({len(table) - len(samples)} crops excluded): {out / 'boxes.csv'}",
+        highlight=False,
+    )
+
+
 @data_app.command("curate")
 def data_curate(
     path: DataPath = None,
