@@ -133,6 +133,12 @@ class ModelConfig:
         head whose cells each propose a box and a score; the score-weighted mean is the box).
     box_channels: channels of the "map" / "cells" box head's convolutions.
     box_hidden: hidden units of the box head MLP (0 = a single linear layer).
+    box_refine: looks of a second box stage (0 = off): it samples the feature map over a window
+        box_refine_expand times the first box and places the box inside it (`RefinedBoxHead`);
+        needs box_input "map" or "cells". Trained on jittered windows around the true boxes too.
+    box_refine_expand: side of the refinement window relative to the box it starts from.
+    box_refine_stride: 0 = the refinement samples the last feature map (the box head's); e.g. 16 =
+        the map of the backbone stage at that stride, 2x finer on most CNNs (timm backbones).
     drop_path_rate: stochastic depth for timm backbones that support it (must be 0 for carid_vgg).
     backbone_args may not set num_classes, pretrained or global_pool (the network owns those).
     """
@@ -149,6 +155,9 @@ class ModelConfig:
     box_input: Literal["map", "pooled", "cells"] = "map"
     box_channels: int = 64
     box_hidden: int = 256
+    box_refine: int = 0
+    box_refine_expand: float = 1.6
+    box_refine_stride: int = 0
     drop_path_rate: float = 0.0
 
 

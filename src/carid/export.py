@@ -344,11 +344,11 @@ class ExportedCarNet(nn.Module):
         return (*self.network.output_names, EMBEDDING)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        embeddings, feature_map = self.network.encode(images)
-        output = self.network.forward_heads(embeddings, feature_map)
+        encoded = self.network.encode(images)
+        output = self.network.forward_heads(*encoded)
         if output.box is None:
-            return output.logits, embeddings
-        return output.logits, output.box, embeddings
+            return output.logits, encoded.embeddings
+        return output.logits, output.box, encoded.embeddings
 
 
 def export_onnx(

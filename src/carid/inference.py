@@ -379,9 +379,9 @@ class TorchBackend:
         torch = self.torch
         with torch.inference_mode():
             images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            embeddings, feature_map = self.network.encode(images)
-            output = self.network.forward_heads(embeddings, feature_map)
-            result = {LOGITS: output.logits, EMBEDDING: embeddings}
+            encoded = self.network.encode(images)
+            output = self.network.forward_heads(*encoded)
+            result = {LOGITS: output.logits, EMBEDDING: encoded.embeddings}
             if output.box is not None:
                 result[BOX] = output.box
             return {name: tensor.float().cpu().numpy() for name, tensor in result.items()}

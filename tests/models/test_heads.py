@@ -1,13 +1,25 @@
-"""ClassHead, BoxHead, SpatialBoxHead and CellBoxHead: shapes, layers, and boxes that are always
-valid normalized xyxy."""
+"""ClassHead, BoxHead, SpatialBoxHead, CellBoxHead and RefinedBoxHead: shapes, layers, and boxes
+that are always valid normalized xyxy."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from carid.models.heads import BoxHead, CellBoxHead, ClassHead, SpatialBoxHead, decode_box
+from carid.models.heads import (
+    BoxHead,
+    CellBoxHead,
+    ClassHead,
+    RefinedBoxHead,
+    SpatialBoxHead,
+    box_windows,
+    decode_box,
+    jitter_windows,
+    sample_windows,
+)
 
 
 def test_class_head_without_hidden_layer():
@@ -151,3 +163,94 @@ def test_cell_box_head_boxes_are_valid_and_trainable():
         head(torch.randn(2, 8))
     with pytest.raises(ValueError, match="channels must be >= 1"):
         CellBoxHead(8, channels=0)
+
+
+def test_box_windows_keep_the_centre_and_scale_the_sides():
+    boxes = torch.tensor([[0.2, 0.4, 0.4, 0.8], [0.5, 0.5, 0.52, 0.51]])
+    windows = box_windows(boxes, expand=1.5, min_size=0.1)
+    torch.testing.assert_close(windows[0], torch.tensor([0.15, 0.3, 0.45, 0.9]))
+    torch.testing.assert_close(windows[1], torch.tensor([0.46, 0.455, 0.56, 0.555]))  # both sides at min_size
+
+
+def test_jitter_windows_stay_within_their_bounds():
+    torch.manual_seed(0)
+    boxes = torch.tensor([[0.2, 0.3, 0.6, 0.5]]).repeat(500, 1)
+    windows = jitter_windows(boxes, expand=1.6, shift=0.2, scale=0.3)
+    centre = (windows[:, :2] + windows[:, 2:]) / 2
+    side = windows[:, 2:] - windows[:, :2]
+    size = torch.tensor([0.4, 0.2])
+    assert ((centre - torch.tensor([0.4, 0.4])).abs() <= 0.2 * size + 1e-6).all()
+    ratio = side / (1.6 * size)
+    assert (ratio >= math.exp(-0.3) - 1e-5).all() and (ratio <= math.exp(0.3) + 1e-5).all()
+    assert ratio[:, 0].std() > 0.05 and not torch.equal(windows[0], windows[1])  # random per window
+
+
+def test_sample_windows_reads_the_map_at_the_window_points():
+    """A map whose value is its x coordinate (channel 0) and y coordinate (channel 1), sampled
+    bilinearly, gives the coordinates of the sampling points back."""
+    size = 16
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    feature_map = torch.stack([centres.view(1, -1).expand(size, -1), centres.view(-1, 1).expand(-1, size)])[
+        None
+    ]
+    windows = torch.tensor([[0.25, 0.125, 0.75, 0.625]])
+    samples = sample_windows(feature_map, windows, points=4)
+    assert samples.shape == (1, 2, 4, 4)
+    steps = (torch.arange(4, dtype=torch.float32) + 0.5) / 4
+    torch.testing.assert_close(samples[0, 0, 0], 0.25 + 0.5 * steps)  # x along a row
+    torch.testing.assert_close(samples[0, 1, :, 0], 0.125 + 0.5 * steps)  # y down a column
+
+
+def test_refined_head_starts_at_its_first_guess_and_trains_every_layer():
+    torch.manual_seed(0)
+    head = RefinedBoxHead(
+        SpatialBoxHead(12, (4, 4), channels=4, hidden=8), 12, channels=4, hidden=8, expand=1.6
+    )
+    feature_map = torch.randn(3, 12, 4, 4)
+    guess, box, _ = head.stages(feature_map)
+    assert torch.allclose(box, guess, atol=0.02)  # the new refinement keeps the box it is given
+    assert (box[:, :2] <= box[:, 2:]).all() and ((box >= 0) & (box <= 1)).all()
+    targets = torch.tensor([[0.1, 0.1, 0.5, 0.6]]).repeat(3, 1)
+    jittered, repeated = head.training_boxes(head.reduce(feature_map), targets)
+    assert jittered.shape == (3 * head.jitter, 4) and torch.equal(repeated, targets.repeat(head.jitter, 1))
+    (guess.sum() + box.sum() + jittered.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_refined_head_learns_a_box_the_first_guess_misses():
+    """Objects at random places, a first head held at the centred box: the refinement alone must
+    move the box onto each object, which it can only do from what it samples in the window."""
+    torch.manual_seed(0)
+
+    class Fixed(nn.Module):
+        def forward(self, feature_map):
+            return torch.tensor([[0.3, 0.3, 0.7, 0.7]]).expand(feature_map.shape[0], -1)
+
+    head = RefinedBoxHead(Fixed(), 1, channels=8, hidden=32, points=8, expand=1.6, jitter=0)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+
+    def batch(n):
+        offset = (torch.rand(n, 2) - 0.5) * 0.16
+        targets = torch.cat([0.35 + offset, 0.65 + offset], dim=1)
+        grid = (torch.arange(32, dtype=torch.float32) + 0.5) / 32
+        inside_x = (grid >= targets[:, 0:1]) & (grid <= targets[:, 2:3])
+        inside_y = (grid >= targets[:, 1:2]) & (grid <= targets[:, 3:4])
+        maps = (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
+        return maps, targets
+
+    for _ in range(300):
+        maps, targets = batch(32)
+        loss = (head(maps) - targets).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    maps, targets = batch(64)
+    with torch.no_grad():
+        error = (head(maps) - targets).abs().mean()
+    fixed_error = (torch.tensor([0.3, 0.3, 0.7, 0.7]) - targets).abs().mean()
+    assert error < 0.3 * fixed_error
+
+
+def test_refined_head_rejects_bad_settings():
+    with pytest.raises(ValueError, match="expand"):
+        RefinedBoxHead(SpatialBoxHead(4, (2, 2)), 4, expand=0.5)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from carid.config import ModelConfig
-from carid.models.backbones import Backbone
-from carid.models.heads import BoxHead, ClassHead, SpatialBoxHead
+from carid.models.backbones import Backbone, BackboneError
+from carid.models.heads import BoxHead, ClassHead, RefinedBoxHead, SpatialBoxHead
 from carid.models.network import CarNet, CarNetOutput, build_network, wants_box_head
 
 TINY = ModelConfig(
@@ -20,9 +20,10 @@ TINY = ModelConfig(
 )
 
 
-def tiny_net(with_box: bool, num_classes: int = 5, box_input: str = "map") -> CarNet:
+def tiny_net(with_box: bool, num_classes: int = 5, box_input: str = "map", box_refine: int = 0) -> CarNet:
     torch.manual_seed(0)
-    return build_network(replace(TINY, box_input=box_input), num_classes=num_classes, with_box=with_box)
+    config = replace(TINY, box_input=box_input, box_refine=box_refine)
+    return build_network(config, num_classes=num_classes, with_box=with_box)
 
 
 @pytest.mark.parametrize("with_box", [True, False])
@@ -84,13 +85,31 @@ def test_encode_and_heads_compose_to_forward(box_input):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         features = net.forward_features(images)
-        embeddings, feature_map = net.encode(images)
+        embeddings, feature_map, _ = net.encode(images)
         output = net(images)
         from_cache = net.forward_heads(embeddings, feature_map)
     assert features.ndim == 4 and features.shape[1] == net.backbone.feature_channels
     assert torch.equal(feature_map, features) and torch.equal(net.embed(images), embeddings)
     assert embeddings.shape == (2, net.backbone.num_features)
     assert torch.equal(from_cache.logits, output.logits) and torch.equal(from_cache.box, output.box)
+
+
+@pytest.mark.parametrize("box_input", ["map", "cells"])
+def test_box_refine_wraps_the_map_heads(box_input):
+    net = tiny_net(True, box_input=box_input, box_refine=2)
+    assert isinstance(net.box_head, RefinedBoxHead) and net.box_head.steps == 2
+    assert net.box_reads_feature_map
+    box = net(torch.randn(2, 3, 32, 32)).box
+    assert box.shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"box_input": "pooled", "box_refine": 1}, "pooled"), ({"box_refine": -1}, ">= 0")],
+)
+def test_box_refine_rejects_bad_settings(changes, message):
+    with pytest.raises(ValueError, match=message):
+        build_network(replace(TINY, **changes), num_classes=3, with_box=True)
 
 
 def test_heads_without_the_feature_map_name_what_is_missing():
@@ -161,11 +180,26 @@ def test_wants_box_head():
 
 @pytest.mark.slow  # the dynamo exporter takes 4-7 s
 @pytest.mark.parametrize(
-    ("with_box", "box_input"), [(True, "map"), (True, "pooled"), (True, "cells"), (False, "map")]
+    ("with_box", "box_input", "box_refine"),
+    [
+        (True, "map", 0),
+        (True, "pooled", 0),
+        (True, "cells", 0),
+        (True, "map", 2),
+        (True, "map", -16),
+        (False, "map", 0),
+    ],
 )
-def test_onnx_export_matches_pytorch(with_box, box_input, tmp_path: Path):
-    """Exported with torch.onnx.export's default (dynamo) exporter, dynamic batch size."""
-    net = tiny_net(with_box, box_input=box_input).eval()
+def test_onnx_export_matches_pytorch(with_box, box_input, box_refine, tmp_path: Path):
+    """Exported with torch.onnx.export's default (dynamo) exporter, dynamic batch size; the refined
+    box head's window sampling (grid_sample) exports as GridSample. box_refine -16: one look at the
+    stride-16 map."""
+    if box_refine < 0:
+        torch.manual_seed(0)
+        config = replace(TINY, box_input=box_input, box_refine=1, box_refine_stride=-box_refine)
+        net = build_network(config, num_classes=5, with_box=with_box).eval()
+    else:
+        net = tiny_net(with_box, box_input=box_input, box_refine=box_refine).eval()
     path = tmp_path / "net.onnx"
     torch.onnx.export(
         net,
@@ -186,3 +220,41 @@ def test_onnx_export_matches_pytorch(with_box, box_input, tmp_path: Path):
     assert len(onnx_outputs) == len(expected)
     for actual, reference in zip(onnx_outputs, expected, strict=True):
         np.testing.assert_allclose(actual, reference.numpy(), atol=1e-4)
+
+
+def test_box_refine_stride_samples_a_finer_backbone_map():
+    net = build_network(replace(TINY, image_size=64, box_refine=1), num_classes=5, with_box=True).eval()
+    torch.manual_seed(0)
+    config = replace(TINY, image_size=64, box_refine=1, box_refine_stride=16)
+    finer = build_network(config, num_classes=5, with_box=True).eval()
+    images = torch.randn(2, 3, 64, 64)
+    encoded = finer.encode(images)
+    assert net.encode(images).detail is None and finer.box_reads_detail and not net.box_reads_detail
+    assert encoded.detail is not None and encoded.detail.shape[-2:] == (4, 4)  # 64 px / 16
+    assert encoded.feature_map.shape[-2:] == (2, 2)  # the last map stays at stride 32
+    with torch.no_grad():
+        assert torch.equal(finer(images).box, finer.forward_heads(*encoded).box)
+    with pytest.raises(ValueError, match="finer backbone map"):
+        finer.forward_heads(encoded.embeddings, encoded.feature_map)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (replace(TINY, box_refine=1, box_refine_stride=12), "no stage at stride 12"),
+        (
+            ModelConfig(
+                backbone="carid_vgg",
+                pretrained="none",
+                image_size=32,
+                box_refine=1,
+                box_refine_stride=16,
+                backbone_args={"widths": [8, 16], "blocks_per_stage": 1},
+            ),
+            "intermediate feature maps",
+        ),
+    ],
+)
+def test_box_refine_stride_errors_name_the_problem(config, message):
+    with pytest.raises(BackboneError, match=message):
+        build_network(config, num_classes=3, with_box=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch.utils.data import Dataset
 
@@ -20,23 +22,27 @@ TINY_MODEL = ModelConfig(
 )
 
 
-def tiny_network(num_classes: int = 3, with_box: bool = True) -> CarNet:
+def tiny_network(num_classes: int = 3, with_box: bool = True, box_refine: int = 0) -> CarNet:
     torch.manual_seed(0)
-    return build_network(TINY_MODEL, num_classes=num_classes, with_box=with_box)
+    config = replace(TINY_MODEL, box_refine=box_refine)
+    return build_network(config, num_classes=num_classes, with_box=with_box)
 
 
-def metadata_for(num_classes: int, with_box: bool = True) -> ModelMetadata:
+def metadata_for(num_classes: int, with_box: bool = True, box_refine: int = 0) -> ModelMetadata:
     return ModelMetadata(
         class_names=tuple(f"class {i}" for i in range(num_classes)),
         preprocess=PreprocessSpec(image_size=(32, 32)).to_dict(),
-        model={**TINY_MODEL.__dict__},
+        model={**replace(TINY_MODEL, box_refine=box_refine).__dict__},
         with_box=with_box,
     )
 
 
-def make_module(num_classes: int = 3, with_box: bool = True, **train: object) -> CarModule:
+def make_module(
+    num_classes: int = 3, with_box: bool = True, box_refine: int = 0, **train: object
+) -> CarModule:
     config = TrainConfig(channels_last=False, **train)  # type: ignore[arg-type]
-    return CarModule(tiny_network(num_classes, with_box), config, metadata_for(num_classes, with_box))
+    network = tiny_network(num_classes, with_box, box_refine)
+    return CarModule(network, config, metadata_for(num_classes, with_box, box_refine))
 
 
 class RandomBatches(Dataset):

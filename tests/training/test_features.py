@@ -123,3 +123,35 @@ def test_a_pooled_box_head_caches_no_maps_and_gets_its_own_key(tiny_config, tmp_
     cached, info = build_feature_cache(pooled, data, tmp_path / "cache", splits=("train",), progress=False)
     assert "feature_map" not in cached["train"] and info.feature_map is None
     assert info.to_dict()["feature_map"] is None
+
+
+def test_a_box_head_reading_a_finer_map_caches_it_and_predicts_from_it(tiny_config, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from carid.preprocess import PreprocessSpec
+    from carid.training.fit import load_run_data
+
+    model = {"backbone": "test_efficientnet", "backbone_args": {}, "image_size": 64, "box_refine": 1}
+    config = tiny_config(model=model)
+    table = load_run_data(config, tmp_path / "run", reuse_split=False, write=False, progress=False)
+    data = CarDataModule(table, PreprocessSpec(image_size=(64, 64)), train=TrainConfig(num_workers=0))
+    torch.manual_seed(0)
+    last_map = build_network(config.model, num_classes=3, with_box=True).eval()
+    torch.manual_seed(0)
+    finer = build_network(replace(config.model, box_refine_stride=16), num_classes=3, with_box=True).eval()
+    assert finer.box_reads_detail and not last_map.box_reads_detail
+    assert cache_key(last_map, data, ["val"]) != cache_key(finer, data, ["val"])
+    assert (
+        "detail_map"
+        not in build_feature_cache(last_map, data, tmp_path / "a", splits=("val",), progress=False)[0]["val"]
+    )
+
+    cached = build_feature_cache(finer, data, tmp_path / "b", splits=("val",), progress=False)[0]["val"]
+    assert cached["detail_map"].shape[-2:] == (4, 4)  # 64 px at stride 16
+    batch = next(iter(data.feature_dataloader("val")))
+    assert torch.equal(batch["index"], cached["index"])
+    with torch.no_grad():
+        full = finer(batch["image"])
+        from_cache = finer.forward_heads(cached["features"], cached["feature_map"], cached["detail_map"])
+    torch.testing.assert_close(full.box, from_cache.box, rtol=0, atol=1e-5)
+    torch.testing.assert_close(full.logits, from_cache.logits, rtol=0, atol=1e-5)

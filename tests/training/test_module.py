@@ -90,6 +90,43 @@ def test_shared_step_logs_every_part_per_epoch(tmp_path: Path) -> None:
     assert "loss" not in trainer.logged_metrics  # the progress-bar loss is not sent to loggers
 
 
+def test_refined_box_head_logs_its_stages_and_trains_both(tmp_path: Path) -> None:
+    module = make_module(num_classes=6, with_box=True, box_refine=1, epochs=1, warmup_epochs=0.5)
+    trainer = fit_briefly(module, tmp_path, num_classes=6)
+    logged = set(trainer.logged_metrics)
+    assert {"train/box_first_giou", "train/box_jitter_giou", "train/iou_first", "val/iou_first"} <= logged
+    assert "val/box_first_giou" in logged and "val/box_jitter_giou" not in logged  # no random windows in val
+
+
+def test_refined_loss_adds_the_first_and_jittered_terms() -> None:
+    module = make_module(num_classes=3, with_box=True, box_refine=1)
+    batch = next(iter(DataLoader(RandomBatches(8, 3), batch_size=8)))
+    torch.manual_seed(0)
+    output, guess, reduced = module._refined_outputs(batch)
+    parts = module.loss_fn(output.logits, output.box, batch["label"], batch["box"], batch["has_box"])
+    torch.manual_seed(0)
+    extra = module._refine_terms(guess, reduced, batch, batch["has_box"], "train")
+    expected = parts["loss"] + sum(
+        module.loss_fn.box_term(extra[f"box_{kind}_l1"], extra[f"box_{kind}_giou"])
+        for kind in ("first", "jitter")
+    )
+    module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    torch.manual_seed(0)
+    total = module._shared_step(batch, "train")
+    assert float(extra["box_jitter_giou"].detach()) > 0
+    assert torch.allclose(total, expected)
+
+
+def test_refined_head_without_boxes_in_the_batch_uses_every_parameter() -> None:
+    """DDP without find_unused_parameters needs a gradient for every trainable parameter."""
+    module = make_module(num_classes=3, with_box=True, box_refine=1)
+    batch = next(iter(DataLoader(RandomBatches(4, 3), batch_size=4)))
+    batch["has_box"] = torch.zeros_like(batch["has_box"])
+    module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    module._shared_step(batch, "train").backward()
+    assert all(p.grad is not None for p in module.network.parameters() if p.requires_grad)
+
+
 def test_without_box_head_and_few_classes_no_box_or_top5_metrics(tmp_path: Path) -> None:
     module = make_module(num_classes=3, with_box=False)
     trainer = fit_briefly(module, tmp_path, num_classes=3)

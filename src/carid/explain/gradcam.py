@@ -91,8 +91,9 @@ class HeadOutput(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         network = self.network
         if isinstance(network, CarNet):
-            features = self.feature_map(network.forward_features(images))
-            output: Any = network.forward_heads(network.backbone.pool(features), features)
+            encoded = network.encode(images)
+            features = self.feature_map(encoded.feature_map)
+            output: Any = network.forward_heads(network.backbone.pool(features), features, encoded.detail)
         elif self.taps_features:
             output = network.forward_head(self.feature_map(network.forward_features(images)))
         else:

@@ -138,6 +138,31 @@ class Backbone(nn.Module):
             )
         return int(features.shape[-2]), int(features.shape[-1])
 
+    def detail_level(self, stride: int) -> tuple[int, int]:
+        """(index into timm's feature_info, channels) of the backbone stage whose map is `stride`
+        times smaller than the input (e.g. 16: a 256 px input gives a 16x16 map). Raises
+        BackboneError when the backbone cannot return intermediate maps or has no such stage."""
+        info = getattr(self.model, "feature_info", None)
+        if not hasattr(self.model, "forward_intermediates") or not info:
+            raise BackboneError(
+                f"backbone {self.name} cannot return intermediate feature maps (no timm "
+                "forward_intermediates); set model.box_refine_stride: 0 to refine on the last map"
+            )
+        strides = [int(level["reduction"]) for level in info]
+        matches = [index for index, reduction in enumerate(strides) if reduction == stride]
+        if not matches:
+            raise BackboneError(
+                f"backbone {self.name} has no stage at stride {stride}; its stages have strides "
+                f"{sorted(set(strides))} (model.box_refine_stride)"
+            )
+        return matches[-1], int(info[matches[-1]]["num_chs"])
+
+    def forward_maps(self, images: torch.Tensor, detail_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """images -> (the `forward_features` map, the map of feature_info stage `detail_index`), in
+        one pass (timm's forward_intermediates)."""
+        last, intermediates = self.model.forward_intermediates(images, indices=[detail_index])
+        return last, intermediates[0]
+
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """Feature map from `forward_features` -> embeddings [B, num_features] (timm's pre-logits path)."""
         return self.model.forward_head(features, pre_logits=True)

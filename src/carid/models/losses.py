@@ -73,8 +73,16 @@ class CarLoss(nn.Module):
                 has_box = torch.ones(target_boxes.shape[0], dtype=torch.bool, device=target_boxes.device)
             mask = has_box.to(torch.bool)
             if mask.any():
-                pred, target = pred_boxes[mask], target_boxes[mask].to(pred_boxes.dtype)
-                box_l1 = F.l1_loss(pred, target)
-                box_giou = generalized_box_iou_loss(pred, target, reduction="mean")
-        total = cls_loss + self.box_weight * (self.l1_weight * box_l1 + self.giou_weight * box_giou)
+                box_l1, box_giou = self.box_terms(pred_boxes[mask], target_boxes[mask])
+        total = cls_loss + self.box_term(box_l1, box_giou)
         return {"loss": total, "cls": cls_loss, "box_l1": box_l1, "box_giou": box_giou}
+
+    @staticmethod
+    def box_terms(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean L1 per coordinate, mean 1 - GIoU) of pred [N, 4] against target [N, 4], N >= 1."""
+        target = target.to(pred.dtype)
+        return F.l1_loss(pred, target), generalized_box_iou_loss(pred, target, reduction="mean")
+
+    def box_term(self, box_l1: torch.Tensor, box_giou: torch.Tensor) -> torch.Tensor:
+        """The weighted box part of the loss: box_weight * (l1_weight * L1 + giou_weight * GIoU)."""
+        return self.box_weight * (self.l1_weight * box_l1 + self.giou_weight * box_giou)

@@ -5,8 +5,10 @@
         feature map --SpatialBoxHead--> box [B, 4] (normalized xyxy)   (model.box_input: map)
         embeddings  --BoxHead---------> box [B, 4]                     (model.box_input: pooled)
         feature map --CellBoxHead-----> box [B, 4]                     (model.box_input: cells)
+        either map head --RefinedBoxHead (second look in a window) --> box   (model.box_refine > 0)
 
-`encode(images)` gives both (an `Encoded`), `forward_heads(embeddings, feature_map)` runs the heads
+`encode(images)` gives both (an `Encoded`, plus the finer `detail` map a refined box head may
+sample), `forward_heads(embeddings, feature_map, detail)` runs the heads
 on them; the feature map may be None when the box head reads the pooled embeddings (or there is
 none), which is what lets heads train from cached embeddings of a frozen backbone.
 
@@ -29,15 +31,17 @@ from torch import nn
 
 from carid.config import ModelConfig
 from carid.models.backbones import Backbone, InputSpec, create_backbone
-from carid.models.heads import BoxHead, CellBoxHead, ClassHead, SpatialBoxHead
+from carid.models.heads import BoxHead, CellBoxHead, ClassHead, RefinedBoxHead, SpatialBoxHead
 
 
 class Encoded(NamedTuple):
     """What the backbone gives the heads. embeddings: pooled [B, D] (the class head's input and the
-    exported "embedding"); feature_map: the last map [B, C, h, w] before pooling."""
+    exported "embedding"); feature_map: the last map [B, C, h, w] before pooling; detail: the map of
+    an earlier, finer stage when the box refinement samples one (model.box_refine_stride), else None."""
 
     embeddings: torch.Tensor
     feature_map: torch.Tensor
+    detail: torch.Tensor | None = None
 
 
 class CarNetOutput(NamedTuple):
@@ -55,12 +59,18 @@ class CarNet(nn.Module):
         self,
         backbone: Backbone,
         class_head: ClassHead,
-        box_head: BoxHead | SpatialBoxHead | CellBoxHead | None = None,
+        box_head: BoxHead | SpatialBoxHead | CellBoxHead | RefinedBoxHead | None = None,
+        detail_index: int | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.class_head = class_head
         self.box_head = box_head
+        self.detail_index = detail_index  # the backbone stage (feature_info index) of `Encoded.detail`
+        if self.box_reads_detail != (detail_index is not None):
+            raise ValueError(
+                "CarNet: detail_index must be given exactly when the box head reads a detail map"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -74,6 +84,11 @@ class CarNet(nn.Module):
     def box_reads_feature_map(self) -> bool:
         """The box head reads the feature map (so `forward_heads` needs it, and a cache must hold it)."""
         return self.box_head is not None and self.box_head.reads_feature_map
+
+    @property
+    def box_reads_detail(self) -> bool:
+        """The box head also reads a finer backbone map (`Encoded.detail`; a cache must hold it)."""
+        return bool(getattr(self.box_head, "reads_detail", False))
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -90,15 +105,23 @@ class CarNet(nn.Module):
         return self.forward_heads(*self.encode(images))
 
     def encode(self, images: torch.Tensor) -> Encoded:
-        """images -> Encoded(pooled embeddings [B, D], feature map [B, feature_channels, h, w])."""
+        """images -> Encoded(pooled embeddings [B, D], feature map [B, feature_channels, h, w], and
+        the finer detail map when the box head reads one)."""
+        if self.detail_index is not None:
+            feature_map, detail = self.backbone.forward_maps(images, self.detail_index)
+            return Encoded(self.backbone.pool(feature_map), feature_map, detail)
         feature_map = self.backbone.forward_features(images)
         return Encoded(self.backbone.pool(feature_map), feature_map)
 
     def forward_heads(
-        self, embeddings: torch.Tensor, feature_map: torch.Tensor | None = None
+        self,
+        embeddings: torch.Tensor,
+        feature_map: torch.Tensor | None = None,
+        detail: torch.Tensor | None = None,
     ) -> CarNetOutput:
-        """Pooled embeddings [B, D] and the feature map [B, C, h, w] (from `encode`, possibly cached)
-        -> CarNetOutput. feature_map may be None unless `box_reads_feature_map` (ValueError then)."""
+        """Pooled embeddings [B, D], the feature map [B, C, h, w] and the detail map (from `encode`,
+        possibly cached) -> CarNetOutput. feature_map may be None unless `box_reads_feature_map`,
+        detail unless `box_reads_detail` (ValueError then)."""
         logits = self.class_head(embeddings)
         box = None
         if self.box_head is not None:
@@ -109,6 +132,8 @@ class CarNet(nn.Module):
                     "the box head reads the backbone's feature map (model.box_input: map), but only "
                     "pooled embeddings were given: pass feature_map (see CarNet.encode)"
                 )
+            elif isinstance(self.box_head, RefinedBoxHead):
+                box = self.box_head(feature_map, detail)
             else:
                 box = self.box_head(feature_map)
         return CarNetOutput(logits, box)
@@ -191,14 +216,22 @@ def build_network(config: ModelConfig, num_classes: int, with_box: bool) -> CarN
     """The CarNet described by `config` for `num_classes` classes, with a box head when `with_box`:
     a `SpatialBoxHead` on the feature map of an image_size input (box_input "map") or a `BoxHead`
     on the pooled embeddings (box_input "pooled"), or a `CellBoxHead` on the feature map (box_input
-    "cells").
+    "cells"), wrapped in a `RefinedBoxHead` when box_refine > 0 (map or cells only).
 
     To rebuild a trained network from a checkpoint, pass the run's config with pretrained="none"
     (no weight packages or downloads needed) and then load the state dict.
     """
     backbone = create_backbone(config)
     class_head = ClassHead(backbone.num_features, num_classes, hidden=config.hidden, dropout=config.dropout)
-    box_head: BoxHead | SpatialBoxHead | CellBoxHead | None = None
+    if config.box_refine < 0:
+        raise ValueError(
+            f"model.box_refine must be >= 0 (looks of the second box stage), got {config.box_refine}"
+        )
+    if with_box and config.box_refine and config.box_input == "pooled":
+        raise ValueError(
+            "model.box_refine samples the feature map, but model.box_input is 'pooled'; use 'map' or 'cells'"
+        )
+    box_head: BoxHead | SpatialBoxHead | CellBoxHead | RefinedBoxHead | None = None
     if with_box and config.box_input == "cells":
         box_head = CellBoxHead(backbone.feature_channels, channels=config.box_channels)
     elif with_box and config.box_input == "map":
@@ -208,4 +241,18 @@ def build_network(config: ModelConfig, num_classes: int, with_box: bool) -> CarN
         )
     elif with_box:
         box_head = BoxHead(backbone.num_features, hidden=config.box_hidden)
-    return CarNet(backbone, class_head, box_head)
+    detail_index = None
+    if box_head is not None and config.box_refine:
+        channels = backbone.feature_channels
+        if config.box_refine_stride:
+            detail_index, channels = backbone.detail_level(config.box_refine_stride)
+        box_head = RefinedBoxHead(
+            box_head,
+            channels,
+            channels=config.box_channels,
+            hidden=config.box_hidden,
+            expand=config.box_refine_expand,
+            steps=config.box_refine,
+            detail=detail_index is not None,
+        )
+    return CarNet(backbone, class_head, box_head, detail_index)

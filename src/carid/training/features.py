@@ -45,6 +45,7 @@ from carid.models.network import CarNet
 CACHE_VERSION = 1
 FIELDS = ("features", "label", "box", "has_box", "index")
 MAP_FIELD = "feature_map"
+DETAIL_FIELD = "detail_map"  # the finer map a refined box head samples (model.box_refine_stride)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ def cache_key(
         "augment_passes": augment_passes,
         "feature_map": network.box_reads_feature_map,
     }
+    if network.box_reads_detail:  # only then, so that existing cache keys stay valid
+        parts["detail_map"] = network.detail_index
     if augment_passes:
         parts["augment"] = asdict(datamodule.augment)
         parts["seed"] = seed
@@ -137,11 +140,12 @@ def extract_features(
 ) -> dict[str, Tensor]:
     """Run the backbone (eval mode) over a loader: {"features" [N, D] float32, "label" [N], "box" [N, 4],
     "has_box" [N], "index" [N]} on the CPU, in loader order, plus "feature_map" [N, C, h, w] float32
-    when the network's box head reads the map."""
+    when the network's box head reads the map, and "detail_map" when it reads a finer one."""
     was_training = network.training
     network.eval().to(device)
     with_map = network.box_reads_feature_map
-    names = (*FIELDS, MAP_FIELD) if with_map else FIELDS
+    with_detail = network.box_reads_detail
+    names = (*FIELDS, *((MAP_FIELD,) if with_map else ()), *((DETAIL_FIELD,) if with_detail else ()))
     collected: dict[str, list[Tensor]] = {name: [] for name in names}
     batches: Any = loader
     if progress:
@@ -150,10 +154,13 @@ def extract_features(
         batches = track(loader, description=description, total=len(loader), transient=True)
     try:
         for batch in batches:
-            embeddings, feature_map = network.encode(batch["image"].to(device))
-            collected["features"].append(embeddings.float().cpu())
+            encoded = network.encode(batch["image"].to(device))
+            collected["features"].append(encoded.embeddings.float().cpu())
             if with_map:
-                collected[MAP_FIELD].append(feature_map.float().cpu().contiguous())
+                collected[MAP_FIELD].append(encoded.feature_map.float().cpu().contiguous())
+            if with_detail:
+                assert encoded.detail is not None
+                collected[DETAIL_FIELD].append(encoded.detail.float().cpu().contiguous())
             for name in FIELDS[1:]:
                 collected[name].append(batch[name].cpu())
     finally:

@@ -7,8 +7,14 @@ one. Everything is logged per epoch as `{stage}/{name}`: `train/loss`, `train/cl
 
 A batch is a dict: "image" float32 [B, 3, H, W] (or "features" float32 [B, F], pooled backbone
 features from the feature cache, see `carid.training.features`, plus "feature_map" float32
-[B, C, h, w] when the box head reads the map), "label" int64 [B], "box" float32 [B, 4] normalized
-xyxy relative to the network input, "has_box" bool [B], "index" int64 [B].
+[B, C, h, w] when the box head reads the map, and "detail_map" when it reads a finer one),
+"label" int64 [B], "box" float32 [B, 4] normalized xyxy relative to the network input, "has_box"
+bool [B], "index" int64 [B].
+
+With a `RefinedBoxHead` (model.box_refine) the loss also has the first guess's box terms
+(`box_first_l1`, `box_first_giou`) and, in training, those of the refinements of jittered windows
+around the true boxes (`box_jitter_*`), each weighted like the final box; `{stage}/iou_first` is the
+IoU of the first guess, so one run shows what the second look adds.
 
 Optimizer: AdamW / Adam / SGD over `CarNet.parameter_groups`: backbone and heads, each split into
 "decay" and "no_decay" (biases and normalization weights get no weight decay). Discriminative
@@ -42,8 +48,9 @@ from torchvision.ops import box_iou
 
 from carid import __version__
 from carid.config import ModelConfig, TrainConfig, from_dict
+from carid.models.heads import RefinedBoxHead
 from carid.models.losses import CarLoss
-from carid.models.network import CarNet, build_network
+from carid.models.network import CarNet, CarNetOutput, build_network
 from carid.preprocess import PreprocessSpec
 
 CHECKPOINT_KEY = "carid"
@@ -155,6 +162,8 @@ class CarModule(L.LightningModule):
                 )
             if self.with_box:
                 metrics[f"{stage}_iou"] = torchmetrics.MeanMetric()
+            if self.with_box and isinstance(network.box_head, RefinedBoxHead):
+                metrics[f"{stage}_iou_first"] = torchmetrics.MeanMetric()  # the first guess, before refining
         self.metrics = nn.ModuleDict(metrics)
 
     # --- forward -----------------------------------------------------------------------------------
@@ -168,7 +177,9 @@ class CarModule(L.LightningModule):
     def forward_batch(self, batch: Mapping[str, Tensor]):
         """A batch of images, or of cached features (pooled, and the map if cached), -> CarNetOutput."""
         if "features" in batch:
-            return self.network.forward_heads(batch["features"], batch.get("feature_map"))
+            return self.network.forward_heads(
+                batch["features"], batch.get("feature_map"), batch.get("detail_map")
+            )
         return self(batch["image"])
 
     def setup(self, stage: str) -> None:
@@ -177,12 +188,59 @@ class CarModule(L.LightningModule):
 
     # --- one step for every stage ---------------------------------------------------------------
 
+    def _refined_outputs(self, batch: Mapping[str, Tensor]) -> tuple[CarNetOutput, Tensor, Tensor]:
+        """For a `RefinedBoxHead`: (CarNetOutput, first guesses [B, 4], reduced map) of a batch."""
+        if "features" in batch:
+            embeddings, feature_map, detail = batch["features"], batch["feature_map"], batch.get("detail_map")
+        else:
+            images = batch["image"]
+            if self.train_config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            embeddings, feature_map, detail = self.network.encode(images)
+        head = self.network.box_head
+        assert isinstance(head, RefinedBoxHead)
+        guess, box, reduced = head.stages(feature_map, detail)
+        return CarNetOutput(self.network.class_head(embeddings), box), guess, reduced
+
+    def _refine_terms(
+        self, guess: Tensor, reduced: Tensor, batch: Mapping[str, Tensor], has_box: Tensor, stage: str
+    ) -> dict[str, Tensor]:
+        """Loss parts of a `RefinedBoxHead` beyond the final box: the first guess ("box_first_*") and,
+        in training, the refinements of jittered windows around the true boxes ("box_jitter_*")."""
+        head = self.network.box_head
+        assert isinstance(head, RefinedBoxHead)
+        zero = guess.sum() * 0.0  # keeps the first head in the graph when no sample has a box
+        terms = {"box_first_l1": zero, "box_first_giou": zero}
+        if stage == "train":
+            terms |= {"box_jitter_l1": zero, "box_jitter_giou": zero}
+        if bool(has_box.any()):
+            targets = batch["box"][has_box]
+            terms["box_first_l1"], terms["box_first_giou"] = self.loss_fn.box_terms(guess[has_box], targets)
+            if stage == "train" and head.jitter:
+                boxes, jitter_targets = head.training_boxes(reduced[has_box], targets)
+                terms["box_jitter_l1"], terms["box_jitter_giou"] = self.loss_fn.box_terms(
+                    boxes, jitter_targets
+                )
+        return terms
+
     def _shared_step(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
-        output = self.forward_batch(batch)
         labels = batch["label"]
         has_box = batch["has_box"].bool() if self.with_box else torch.zeros_like(labels, dtype=torch.bool)
         target_boxes = batch["box"] if self.with_box else None
+        refined = self.with_box and isinstance(self.network.box_head, RefinedBoxHead)
+        if refined:
+            output, guess, reduced = self._refined_outputs(batch)
+        else:
+            output = self.forward_batch(batch)
         parts = self.loss_fn(output.logits, output.box, labels, target_boxes, has_box)
+        if refined:
+            extra = self._refine_terms(guess, reduced, batch, has_box, stage)
+            for kind in ("first", "jitter"):
+                if f"box_{kind}_l1" in extra:
+                    parts["loss"] = parts["loss"] + self.loss_fn.box_term(
+                        extra[f"box_{kind}_l1"], extra[f"box_{kind}_giou"]
+                    )
+            parts |= extra
         batch_size = labels.shape[0]
         for name, value in parts.items():
             if not self.with_box and name.startswith("box"):
@@ -205,6 +263,12 @@ class CarModule(L.LightningModule):
             metric = self.metrics[f"{stage}_iou"]
             metric.update(matched_iou(output.box.detach().float()[has_box], batch["box"].float()[has_box]))
             self.log(f"{stage}/iou", metric, on_step=False, on_epoch=True, batch_size=int(has_box.sum()))
+            if refined:
+                first = self.metrics[f"{stage}_iou_first"]
+                first.update(matched_iou(guess.detach().float()[has_box], batch["box"].float()[has_box]))
+                self.log(
+                    f"{stage}/iou_first", first, on_step=False, on_epoch=True, batch_size=int(has_box.sum())
+                )
         if stage == "train":
             self.log(
                 "loss", parts["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False
