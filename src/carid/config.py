@@ -169,6 +169,11 @@ class AugmentConfig:
         saved with the model so prediction resizes exactly as training did.
     scale: (min, max) area fraction kept by the random resized crop; boxes stay valid (crops never cut
         a box out). (1.0, 1.0) disables cropping.
+    rotate: up to ±this many degrees of free rotation (the box grows to the rotated ellipse's).
+    vflip: probability of an upside-down mirror; rotate90: probability of ``A.RandomRotate90``,
+        which then turns by 0, 90, 180 or 270 degrees, equally likely. Both keep axis-aligned boxes
+        exact; they suit subjects seen at any orientation (a pet lying on its back), not cars on a
+        road.
     """
 
     __pydantic_config__ = STRICT
@@ -178,6 +183,8 @@ class AugmentConfig:
     hflip: float = 0.5
     scale: tuple[float, float] = (0.6, 1.0)
     rotate: float = 0.0
+    vflip: float = 0.0
+    rotate90: float = 0.0
     color_jitter: float = 0.3
     blur: float = 0.1
     grayscale: float = 0.05

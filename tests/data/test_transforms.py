@@ -78,6 +78,52 @@ def test_horizontal_flip_flips_the_box(spec: PreprocessSpec) -> None:
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=["stretch", "letterbox"])
+def test_vertical_flip_flips_the_box(spec: PreprocessSpec) -> None:
+    flip_only = AugmentConfig(
+        hflip=0.0, vflip=1.0, scale=(1.0, 1.0), color_jitter=0.0, blur=0.0, grayscale=0.0
+    )
+    pixels = rectangle_pixels()
+    network, boxes = build_train_transform(flip_only, spec, seed=0)(pixels, [RECT])
+    height = pixels.shape[0]
+    mirrored = (RECT[0], height - RECT[3], RECT[2], height - RECT[1])
+    expected, mirrored_boxes = build_eval_transform(spec)(pixels[::-1], [mirrored])
+    np.testing.assert_allclose(boxes, mirrored_boxes, atol=1e-9)
+    assert np.array_equal(network, expected)
+    np.testing.assert_allclose(bright_box(network, spec), in_network_pixels(boxes[0], spec), atol=1.0)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["stretch", "letterbox"])
+def test_quarter_turns_keep_the_box_exact(spec: PreprocessSpec) -> None:
+    turns_only = AugmentConfig(
+        hflip=0.0, rotate90=1.0, scale=(1.0, 1.0), color_jitter=0.0, blur=0.0, grayscale=0.0
+    )
+    transform = build_train_transform(turns_only, spec, seed=4)
+    pixels = rectangle_pixels()
+    expected_by_turn = {
+        k: build_eval_transform(spec)(np.rot90(pixels, k), [quarter_turned(RECT, pixels.shape, k)])
+        for k in range(4)
+    }
+    seen = set()
+    for _ in range(24):
+        network, boxes = transform(pixels, [RECT])
+        turn = next(k for k, (image, _) in expected_by_turn.items() if np.array_equal(network, image))
+        np.testing.assert_allclose(boxes, expected_by_turn[turn][1], atol=1e-9)
+        np.testing.assert_allclose(bright_box(network, spec), in_network_pixels(boxes[0], spec), atol=1.0)
+        seen.add(turn)
+    assert seen == {0, 1, 2, 3}
+
+
+def quarter_turned(box: tuple[int, ...], shape: tuple[int, ...], k: int) -> tuple[int, ...]:
+    """`box` (xyxy pixels) after `np.rot90(image, k)` (counter-clockwise quarter turns)."""
+    x1, y1, x2, y2 = box
+    height, width = shape[:2]
+    for _ in range(k % 4):
+        x1, y1, x2, y2 = y1, width - x2, y2, width - x1
+        height, width = width, height
+    return (x1, y1, x2, y2)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["stretch", "letterbox"])
 def test_box_safe_crop_keeps_the_box_and_the_pixels_agree(spec: PreprocessSpec) -> None:
     transform = build_train_transform(GEOMETRY_ONLY, spec, seed=3)
     pixels = rectangle_pixels()

@@ -19,7 +19,8 @@ Train augmentations, in order (each only when its `AugmentConfig` setting is non
                 bounding box, clipped to the image; corners are filled with the spec's pad colour;
     crop        `BoxSafeRandomCrop`: a random crop keeping `scale` of the area, that always contains
                 every box whole (no resize here: the one resize comes next);
-    flip        ``A.HorizontalFlip`` (boxes are mirrored);
+    flip        ``A.HorizontalFlip`` (p=hflip), ``A.VerticalFlip`` (p=vflip), ``A.RandomRotate90``
+                (p=rotate90; 0, 90, 180 or 270 degrees): boxes are mirrored/turned exactly;
     resize      `carid.preprocess.resize_content` (as in prediction);
     colour      on the resized content (cheaper, and blur is then in network pixels):
                 ``A.ColorJitter`` (brightness/contrast/saturation ±color_jitter, hue ±color_jitter/6,
@@ -249,6 +250,10 @@ def _geometric_steps(augment: AugmentConfig, spec: PreprocessSpec) -> list[A.Bas
         steps.append(BoxSafeRandomCrop(scale=tuple(augment.scale), ratio=CROP_RATIO))  # type: ignore[arg-type]
     if augment.hflip > 0:
         steps.append(A.HorizontalFlip(p=augment.hflip))
+    if augment.vflip > 0:
+        steps.append(A.VerticalFlip(p=augment.vflip))
+    if augment.rotate90 > 0:
+        steps.append(A.RandomRotate90(p=augment.rotate90))
     return steps
 
 
