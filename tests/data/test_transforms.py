@@ -62,6 +62,17 @@ def test_eval_transform_is_exactly_preprocess(spec: PreprocessSpec) -> None:
     assert np.array_equal(network_from_pil, expected)
 
 
+def assert_is_eval_of(
+    network: np.ndarray, boxes: np.ndarray, pixels: np.ndarray, box: tuple, spec: PreprocessSpec
+) -> None:
+    """`network`/`boxes` are exactly the eval transform of `pixels` with `box`, and the box sits on
+    the bright rectangle."""
+    expected, expected_boxes = build_eval_transform(spec)(pixels, [box])
+    np.testing.assert_allclose(boxes, expected_boxes, atol=1e-9)
+    assert np.array_equal(network, expected)
+    np.testing.assert_allclose(bright_box(network, spec), in_network_pixels(boxes[0], spec), atol=1.0)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=["stretch", "letterbox"])
 def test_horizontal_flip_flips_the_box(spec: PreprocessSpec) -> None:
     flip_only = AugmentConfig(hflip=1.0, scale=(1.0, 1.0), color_jitter=0.0, blur=0.0, grayscale=0.0)
@@ -69,12 +80,9 @@ def test_horizontal_flip_flips_the_box(spec: PreprocessSpec) -> None:
     network, boxes = build_train_transform(flip_only, spec, seed=0)(pixels, [RECT])
     width = pixels.shape[1]
     mirrored = (width - RECT[2], RECT[1], width - RECT[0], RECT[3])
-    expected, mirrored_boxes = build_eval_transform(spec)(pixels[:, ::-1], [mirrored])
     _, unflipped = build_eval_transform(spec)(pixels, [RECT])
     assert boxes[0, 0] > unflipped[0, 0]  # the rectangle is left of centre, so it moves right
-    np.testing.assert_allclose(boxes, mirrored_boxes, atol=1e-9)
-    assert np.array_equal(network, expected)
-    np.testing.assert_allclose(bright_box(network, spec), in_network_pixels(boxes[0], spec), atol=1.0)
+    assert_is_eval_of(network, boxes, pixels[:, ::-1], mirrored, spec)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=["stretch", "letterbox"])
@@ -86,10 +94,7 @@ def test_vertical_flip_flips_the_box(spec: PreprocessSpec) -> None:
     network, boxes = build_train_transform(flip_only, spec, seed=0)(pixels, [RECT])
     height = pixels.shape[0]
     mirrored = (RECT[0], height - RECT[3], RECT[2], height - RECT[1])
-    expected, mirrored_boxes = build_eval_transform(spec)(pixels[::-1], [mirrored])
-    np.testing.assert_allclose(boxes, mirrored_boxes, atol=1e-9)
-    assert np.array_equal(network, expected)
-    np.testing.assert_allclose(bright_box(network, spec), in_network_pixels(boxes[0], spec), atol=1.0)
+    assert_is_eval_of(network, boxes, pixels[::-1], mirrored, spec)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=["stretch", "letterbox"])
@@ -99,16 +104,14 @@ def test_quarter_turns_keep_the_box_exact(spec: PreprocessSpec) -> None:
     )
     transform = build_train_transform(turns_only, spec, seed=4)
     pixels = rectangle_pixels()
-    expected_by_turn = {
-        k: build_eval_transform(spec)(np.rot90(pixels, k), [quarter_turned(RECT, pixels.shape, k)])
-        for k in range(4)
-    }
+    turned = {k: build_eval_transform(spec)(np.rot90(pixels, k), [])[0] for k in range(4)}
     seen = set()
     for _ in range(24):
         network, boxes = transform(pixels, [RECT])
-        turn = next(k for k, (image, _) in expected_by_turn.items() if np.array_equal(network, image))
-        np.testing.assert_allclose(boxes, expected_by_turn[turn][1], atol=1e-9)
-        np.testing.assert_allclose(bright_box(network, spec), in_network_pixels(boxes[0], spec), atol=1.0)
+        turn = next(k for k, image in turned.items() if np.array_equal(network, image))
+        assert_is_eval_of(
+            network, boxes, np.rot90(pixels, turn), quarter_turned(RECT, pixels.shape, turn), spec
+        )
         seen.add(turn)
     assert seen == {0, 1, 2, 3}
 
