@@ -211,6 +211,9 @@ class TrainConfig:
     cache_features: with a frozen backbone, compute its features once and train the heads from the cache.
     cache_augment_passes: with cache_features, K extra augmented passes of the train images in the cache.
     test_after_fit: evaluate the best checkpoint on the test split when training ends (test/acc, ...).
+    fit_on_val: final refit: the val images join the training images (split.csv still marks them
+        val) and no validation runs, so best.ckpt is the last epoch; for a recipe whose epochs were
+        settled on a run with val. Needs early_stopping_patience 0 (nothing held out to stop on).
     """
 
     __pydantic_config__ = STRICT
@@ -245,6 +248,7 @@ class TrainConfig:
     tensorboard: bool = False
     lr_find: bool = False
     test_after_fit: bool = True
+    fit_on_val: bool = False
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
 

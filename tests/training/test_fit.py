@@ -147,6 +147,29 @@ def test_incompatible_settings_are_refused(tiny_config) -> None:
         train(tiny_config(train={"unfreeze": [{"epoch": 1, "start": 0}], "strategy": "ddp"}), progress=False)
 
 
+def test_fit_on_val_trains_on_train_and_val_and_keeps_the_last_epoch(tiny_config) -> None:
+    result = train(tiny_config(name="refit", train={"epochs": 2, "fit_on_val": True}), progress=False)
+    run_dir = result.run_dir
+    saved = load_split(run_dir / "split.csv")
+    counts = {name: sum(s.split == name for s in saved) for name in ("train", "val", "test")}
+    assert counts["val"] > 0  # the saved split still tells which images were val
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["fit_on_val"] is True and summary["monitor"] is None
+    expected = {"train": counts["train"] + counts["val"], "val": 0, "test": counts["test"]}
+    assert summary["split_counts"] == expected
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train/loss" in header and not any(column.startswith("val/") for column in header)
+    # best.ckpt is the last epoch, not the one with the lowest (augmented) train loss
+    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert best["epoch"] == last["epoch"] == 1
+    assert "test/acc" in summary["test_metrics"]
+
+    with pytest.raises(ConfigError, match=r"fit_on_val.*early_stopping_patience"):
+        train(tiny_config(train={"fit_on_val": True, "early_stopping_patience": 3}), progress=False)
+
+
 def test_label_level_maps_classes_through_the_taxonomy(tmp_path: Path) -> None:
     names = ["Audi TTS Coupe 2012", "BMW M3 Coupe 2012", "Ford F-150 Regular Cab 2012"]
     samples = [Sample(tmp_path / f"{i}.jpg", names[i % 3], split="train") for i in range(6)]

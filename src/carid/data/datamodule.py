@@ -271,6 +271,12 @@ class CarDataModule(L.LightningDataModule):
             log.warning("%d sample(s) have no split and are not used (save a split first)", unsplit)
         return positions
 
+    def join_val_to_train(self) -> None:
+        """Move the val samples into the training set (a final refit, `TrainConfig.fit_on_val`)."""
+        self.positions["train"] = sorted(self.positions["train"] + self.positions["val"])
+        self.positions["val"] = []
+        self._datasets.clear()
+
     # --- what the model and the training helper need to know ---
 
     @property

@@ -422,6 +422,8 @@ def train(
     table = load_run_data(config, run_dir, reuse_split=resuming or worker, write=write, progress=progress)
     prepared = prepare_labels(table, config.data.label_level)
     module, datamodule = build_model(config, prepared, run_dir.name)
+    if config.train.fit_on_val:
+        datamodule.join_val_to_train()
 
     feature_cache = None
     fit_data: L.LightningDataModule = datamodule
@@ -440,7 +442,8 @@ def train(
         fit_data = FeatureDataModule(cached, batch_size=config.train.batch_size, seed=config.train.seed)
 
     has_val = bool(datamodule.positions["val"]) and config.train.limit_val_batches != 0
-    monitor = config.train.monitor if has_val else "train/loss"
+    # a refit keeps its last epoch (monitor None): train/loss would pick by augmented-batch noise
+    monitor = None if config.train.fit_on_val else config.train.monitor if has_val else "train/loss"
     checkpointing, all_callbacks = build_callbacks(config, run_dir, monitor, progress)
     keep = _checkpoint_progress(last_path) if resuming and write else None
     loggers: list[Logger] = [ResumableCSVLogger(run_dir, keep_through=keep)]
@@ -526,12 +529,13 @@ def train(
         "best_checkpoint": None if best is None else str(best),
         "last_checkpoint": str(last_path) if last_path.exists() else None,
         "monitor": monitor,
-        "monitor_mode": _monitor_mode(monitor),
+        "monitor_mode": None if monitor is None else _monitor_mode(monitor),
         "best_score": metrics["best_score"],
         "planned_epochs": config.train.epochs,
         "epochs_completed": metrics["epochs_completed"],
         "stopped_early": metrics["epochs_completed"] < config.train.epochs,
         "resumed": resuming,
+        "fit_on_val": config.train.fit_on_val,
         "last_epoch_metrics": last_record,
         "test_metrics": test_metrics,
         "num_classes": module.metadata.num_classes,
@@ -593,10 +597,11 @@ def build_model(config: Config, prepared: PreparedData, run_name: str) -> tuple[
 
 
 def build_callbacks(
-    config: Config, run_dir: Path, monitor: str, progress: bool
+    config: Config, run_dir: Path, monitor: str | None, progress: bool
 ) -> tuple[ModelCheckpoint, list[Callback]]:
-    """Checkpointing (best by `monitor` + last), LR monitor, progress bar, early stopping, unfreezing."""
-    mode = _monitor_mode(monitor)
+    """Checkpointing (best by `monitor`, the latest epoch when None, + last), LR monitor, progress
+    bar, early stopping, unfreezing."""
+    mode = "min" if monitor is None else _monitor_mode(monitor)
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
         filename=BEST,
@@ -609,7 +614,7 @@ def build_callbacks(
     )
     callbacks: list[Callback] = [checkpointing, LearningRateMonitor(logging_interval="epoch")]
     callbacks += _progress_bar(progress)
-    if config.train.early_stopping_patience > 0:
+    if config.train.early_stopping_patience > 0 and monitor is not None:
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=config.train.early_stopping_patience)
         )
@@ -641,6 +646,11 @@ def _check_combinations(config: Config) -> None:
     if train.cache_features and train.unfreeze:
         raise ConfigError(
             "train.cache_features cannot be combined with train.unfreeze (the backbone must stay frozen)"
+        )
+    if train.fit_on_val and train.early_stopping_patience > 0:
+        raise ConfigError(
+            "train.fit_on_val trains on the val images too, so there is nothing held out for "
+            "train.early_stopping_patience; set it to 0 and fix train.epochs"
         )
     if train.unfreeze and _is_distributed(config):
         raise ConfigError(
