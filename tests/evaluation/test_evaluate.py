@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +139,21 @@ def test_fit_calibration_uses_the_validation_split_and_writes_calibration_json(
     saved = json.loads((tmp_path / "eval" / "calibration.json").read_text(encoding="utf-8"))
     assert saved["temperature"] == pytest.approx(calibration.temperature)
     assert saved["unknown_threshold"] == pytest.approx(calibration.threshold.threshold)
+
+
+def test_scores_on_the_val_split_of_a_refit_run_are_flagged(tiny_run: Path, caplog) -> None:
+    run_config = load_run_config(tiny_run)
+    refit = replace(run_config, train=replace(run_config.train, fit_on_val=True))
+    data = Path(run_config.data.path)
+    with caplog.at_level(logging.WARNING, logger="carid.evaluation.evaluate"):
+        load_evaluation_data(data, "test", run_dir=tiny_run, run_config=refit)
+        load_evaluation_data(data, "val", run_dir=tiny_run, run_config=run_config)
+        assert not caplog.records
+        load_evaluation_data(data, "val", run_dir=tiny_run, run_config=refit)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tiny_run} was trained on its val images too (train.fit_on_val): scores on 'val', and a "
+        "calibration or ensemble weights fitted on val, are optimistic"
+    ]
 
 
 def test_the_data_rules(tiny_run: Path, tmp_path: Path) -> None:

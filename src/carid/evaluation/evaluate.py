@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -79,6 +80,8 @@ from carid.evaluation.scoring import (
     target_boxes,
 )
 from carid.reporting import write_atomic, write_json
+
+log = logging.getLogger(__name__)
 
 SPLIT_CHOICES: tuple[str, ...] = ("train", "val", "test", "all")
 SPLIT_CSV_COLUMNS = frozenset({"path", "label", "split"})
@@ -311,6 +314,14 @@ def load_evaluation_data(
         data_format=data_format,
         progress=progress,
     )
+    refit = run_config is not None and getattr(run_config.train, "fit_on_val", False)
+    if refit and source.origin == "run split" and split in ("val", "all"):
+        log.warning(
+            "%s was trained on its val images too (train.fit_on_val): scores on %r, and a calibration "
+            "or ensemble weights fitted on val, are optimistic",
+            run_dir,
+            split,
+        )
     return source.select(split)
 
 
