@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from carid.bundle import METADATA_FILE, Bundle, update_calibration
-from carid.config import Config, from_dict
+from carid.config import Config, from_dict, save_config
+from carid.data.samples import Sample, SampleTable
+from carid.data.split import save_split
 from carid.evaluation.calibration import apply_temperature
 from carid.evaluation.ensemble import (
     ENSEMBLE_FORMAT,
@@ -29,6 +31,7 @@ from carid.evaluation.ensemble import (
     EnsembleMetadata,
     EnsemblePredictor,
     EnsembleScoreSource,
+    MemberSource,
     build_ensemble,
     calibrate_model,
     class_columns,
@@ -40,6 +43,7 @@ from carid.evaluation.ensemble import (
     fit_mixture_weights,
     probabilities_to_logits,
     resolve_member,
+    training_overlap_notes,
     update_ensemble_calibration,
     weight_matrix,
 )
@@ -418,3 +422,23 @@ def test_calibration_stored_into_a_bundle_changes_probabilities_and_unknown_flag
     assert Ensemble.load(pair).metadata.temperature == pytest.approx(result.fit.temperature)
     with pytest.raises(ValueError, match="carid export"):
         calibrate_model(first / "checkpoints" / "best.ckpt")
+
+
+def test_overlap_notes_count_the_val_images_of_a_refit_member(tmp_path: Path) -> None:
+    samples = [Sample(tmp_path / f"{i}.jpg", "red") for i in range(6)]
+    run_dir = tmp_path / "run"
+    save_split(
+        SampleTable(samples, ["red"], tmp_path, "test"),
+        ["train"] * 2 + ["val"] * 2 + ["test"] * 2,
+        run_dir / "split.csv",
+    )
+    member = MemberSource(bundle=None, run_dir=run_dir, name="m")  # type: ignore[arg-type]
+    val = samples[2:4]
+    save_config(Config(), run_dir / "config.yaml")
+    assert training_overlap_notes(val, [member], "val") == []
+    assert training_overlap_notes(samples[:3], [member], "val")[0].startswith("2 of the 3 'val' images")
+
+    refit = from_dict(Config, {"train": {"fit_on_val": True}})
+    save_config(refit, run_dir / "config.yaml")
+    notes = training_overlap_notes(val, [member], "val")
+    assert len(notes) == 1 and notes[0].startswith("2 of the 2 'val' images are training images of member m")

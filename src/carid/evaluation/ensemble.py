@@ -1457,8 +1457,10 @@ def training_overlap_notes(
     samples: Sequence[Sample], members: Sequence[MemberSource], split: str
 ) -> list[str]:
     """A note per member run whose training images are among `samples` (fitting on them favours
-    that member): read from the run's split.csv."""
+    that member): read from the run's split.csv; a refit run (`train.fit_on_val`) trained on its
+    val images too."""
     from carid.data.split import load_split
+    from carid.evaluation.evaluate import load_run_config
 
     paths = {Path(sample.path).resolve() for sample in samples}
     notes = []
@@ -1471,7 +1473,10 @@ def training_overlap_notes(
         except (OSError, ValueError) as exc:
             notes.append(f"cannot check member {member.name}'s training images ({exc})")
             continue
-        trained = {Path(s.path).resolve() for s in table.samples if s.split == "train"}
+        config = load_run_config(member.run_dir)
+        refit = config is not None and config.train.fit_on_val
+        trained_splits = ("train", "val") if refit else ("train",)
+        trained = {Path(s.path).resolve() for s in table.samples if s.split in trained_splits}
         overlap = len(paths & trained)
         if overlap:
             notes.append(
