@@ -1460,7 +1460,7 @@ def training_overlap_notes(
     that member): read from the run's split.csv; a refit run (`train.fit_on_val`) trained on its
     val images too."""
     from carid.data.split import load_split
-    from carid.evaluation.evaluate import load_run_config
+    from carid.evaluation.evaluate import load_run_config, trained_splits
 
     paths = {Path(sample.path).resolve() for sample in samples}
     notes = []
@@ -1473,10 +1473,8 @@ def training_overlap_notes(
         except (OSError, ValueError) as exc:
             notes.append(f"cannot check member {member.name}'s training images ({exc})")
             continue
-        config = load_run_config(member.run_dir)
-        refit = config is not None and config.train.fit_on_val
-        trained_splits = ("train", "val") if refit else ("train",)
-        trained = {Path(s.path).resolve() for s in table.samples if s.split in trained_splits}
+        splits = trained_splits(load_run_config(member.run_dir))
+        trained = {Path(s.path).resolve() for s in table.samples if s.split in splits}
         overlap = len(paths & trained)
         if overlap:
             notes.append(

@@ -161,6 +161,12 @@ def load_run_config(run_dir: Path | None) -> Any:
         return None
 
 
+def trained_splits(run_config: Any) -> tuple[str, ...]:
+    """The splits of a run's split.csv that its network trained on: val too for a refit
+    (`train.fit_on_val`); run_config as from `load_run_config` (None: just "train")."""
+    return ("train", "val") if run_config is not None and run_config.train.fit_on_val else ("train",)
+
+
 def _same_path(a: Path | str | None, b: Path | str | None) -> bool:
     if a is None or b is None:
         return False
@@ -314,8 +320,7 @@ def load_evaluation_data(
         data_format=data_format,
         progress=progress,
     )
-    refit = run_config is not None and getattr(run_config.train, "fit_on_val", False)
-    if refit and source.origin == "run split" and split in ("val", "all"):
+    if "val" in trained_splits(run_config) and source.origin == "run split" and split in ("val", "all"):
         log.warning(
             "%s was trained on its val images too (train.fit_on_val): scores on %r, and a calibration "
             "or ensemble weights fitted on val, are optimistic",
