@@ -93,6 +93,18 @@ def test_unknown_format_and_missing_path_are_one_line_errors(tmp_path: Path) -> 
     assert "check.min_sidez" in result.output
 
 
+def test_an_unknown_tta_mode_is_a_one_line_error(tmp_path: Path) -> None:
+    photo = write_image(tmp_path / "car.png", size=(40, 30))
+    for command in (
+        ["predict", str(tmp_path), str(photo), "--tta", "mirror"],
+        ["evaluate", str(tmp_path), "--tta", "mirror"],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, command
+        assert "'mirror' is not one of none, hflip" in result.output, command
+        assert "Traceback" not in result.output
+
+
 def test_no_data_anywhere_says_how_to_get_stanford_cars(tmp_path: Path) -> None:
     env = {**os.environ, "CARID_DATA": ""}
     script = (

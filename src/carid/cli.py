@@ -47,6 +47,14 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override a config key, e.g. --set check.min_side=64 (repeatable)."),
 ]
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
+TtaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: none, or hflip (also score the mirror image and average; "
+        "twice the inference time).",
+    ),
+]
 
 
 class UserError(Exception):
@@ -630,6 +638,7 @@ def predict(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")
     ] = None,
+    tta: TtaOption = None,
 ) -> None:
     """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint."""
     from rich.markup import escape
@@ -638,9 +647,8 @@ def predict(
     from carid.inference import PredictorError
     from carid.predict_io import InputError, print_predictions, run_predict
 
-    options = {
-        key: value for key, value in (("top_k", top_k), ("batch_size", batch_size)) if value is not None
-    }
+    given = (("top_k", top_k), ("batch_size", batch_size), ("tta", tta))
+    options = {key: value for key, value in given if value is not None}
     try:
         result = run_predict(
             model, paths, backend=backend, out=out, annotate_dir=annotate, threads=threads, **options
@@ -690,6 +698,7 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")
     ] = None,
+    tta: TtaOption = None,
 ) -> None:
     """Serve a model: REST API (POST /predict, GET /model, /health, /docs) and a web page at /."""
     from rich.markup import escape
@@ -706,6 +715,7 @@ def serve(
         "max_pixels": max_pixels,
         "backend": backend,
         "threads": threads,
+        "tta": tta,
     }
     try:
         settings = ServeSettings(**{key: value for key, value in given.items() if value is not None})
@@ -756,6 +766,7 @@ def evaluate(
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Image-loading processes.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto (checkpoints).")] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="Bundles: auto, onnx or torch.")] = None,
+    tta: TtaOption = None,
 ) -> None:
     """Score a model on a split: accuracy, per-class F1, confusion, IoU, calibration, report.html."""
     from carid.config import ConfigError
@@ -771,6 +782,7 @@ def evaluate(
         "num_workers": workers,
         "device": device,
         "backend": backend,
+        "tta": tta,
     }
     options = {key: value for key, value in given.items() if value is not None}
     try:

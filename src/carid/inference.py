@@ -14,6 +14,8 @@ on its own preprocessing and combines their probabilities). A bundle's enrolled 
 `carid.enroll.store`) are scored from the embedding output and follow the trained classes. backend="auto"
 picks ONNX Runtime for bundles and PyTorch for checkpoints; backend="torch" on a bundle runs the
 bundle's source checkpoint with the bundle's calibration (to compare the two backends).
+tta="hflip" also scores each photo's mirror image and averages the two (`carid.tta`; for an
+ensemble, each member does).
 
 This module imports without torch (the slim install: numpy, Pillow, onnxruntime); torch is imported
 only when the torch backend is asked for. `Prediction` and its parts are frozen dataclasses whose
@@ -54,6 +56,7 @@ from carid.preprocess import Geometry, PreprocessSpec, load_image, preprocess
 if TYPE_CHECKING:
     from carid.enroll.store import Enrolment
 from carid.taxonomy import Taxonomy, roll_up
+from carid.tta import TtaError, check_mode, tta_of, with_tta
 
 log = logging.getLogger(__name__)
 
@@ -428,8 +431,9 @@ class Predictor:
         metadata: BundleMetadata,
         source: Path | str | None = None,
         enrolment: Enrolment | None = None,
+        tta: str = "none",
     ):
-        self.backend = backend
+        self.backend: InferenceBackend = with_tta(backend, tta)  # type: ignore[assignment]
         self.source = None if source is None else Path(source)
         # Enrolled classes (`carid enroll`) follow the trained ones: their scores are appended to
         # the trained logits, and the class names (and taxonomy) the predictor answers with grow.
@@ -470,6 +474,7 @@ class Predictor:
         threads: int | None = None,
         device: str = "cpu",
         enrolled: bool = True,
+        tta: str = "none",
     ) -> Predictor:
         """A predictor for a bundle folder / model.json, a .ckpt, or a run folder (see module docstring).
 
@@ -478,6 +483,7 @@ class Predictor:
         device: torch device for the torch backend.
         enrolled: answer with the bundle's enrolled classes too (`carid enroll`); False: the trained
             classes only.
+        tta: "none" or "hflip" (score the mirror image too and average; `carid.tta`).
         Raises PredictorError / BundleError naming the path and the problem.
         """
         if backend not in BACKENDS:
@@ -485,27 +491,35 @@ class Predictor:
         path = Path(path)
         if not path.exists():
             raise PredictorError(f"{path}: no such file or folder")
+        try:
+            tta = check_mode(tta)
+        except TtaError as exc:
+            raise PredictorError(str(exc)) from None
         if (path.is_dir() and (path / ENSEMBLE_FILE).is_file()) or path.name == ENSEMBLE_FILE:
             from carid.evaluation.ensemble import EnsemblePredictor
 
-            return EnsemblePredictor.load(path, backend, providers=providers, threads=threads, device=device)
+            return EnsemblePredictor.load(
+                path, backend, providers=providers, threads=threads, device=device, tta=tta
+            )
         if (path.is_dir() and (path / METADATA_FILE).is_file()) or path.name == METADATA_FILE:
-            return cls._from_bundle(Bundle.load(path), backend, providers, threads, device, enrolled)
+            return cls._from_bundle(Bundle.load(path), backend, providers, threads, device, enrolled, tta)
         if path.is_file() and path.suffix == ".onnx":
             if not (path.parent / METADATA_FILE).is_file():
                 raise PredictorError(
                     f"{path}: an ONNX file needs its {METADATA_FILE} beside it (a carid bundle)"
                 )
-            return cls._from_bundle(Bundle.load(path.parent), backend, providers, threads, device, enrolled)
+            return cls._from_bundle(
+                Bundle.load(path.parent), backend, providers, threads, device, enrolled, tta
+            )
         if path.is_file() and path.suffix == ".ckpt":
             if backend == "onnx":
                 raise PredictorError(
                     f"{path}: a checkpoint runs on the torch backend; export it (carid export {path}) "
                     "to predict on ONNX Runtime"
                 )
-            return cls._from_checkpoint(path, threads=threads, device=device)
+            return cls._from_checkpoint(path, threads=threads, device=device, tta=tta)
         if path.is_dir() and ((path / RUN_CHECKPOINT).is_file() or (path / RUN_EXPORT_DIR).is_dir()):
-            return cls._from_run(path, backend, providers, threads, device, enrolled)
+            return cls._from_run(path, backend, providers, threads, device, enrolled, tta)
         raise PredictorError(
             f"{path}: not a model: expected a bundle folder (with {METADATA_FILE}), a .ckpt checkpoint "
             f"or a run folder (with {RUN_CHECKPOINT.as_posix()})"
@@ -520,6 +534,7 @@ class Predictor:
         threads: int | None,
         device: str,
         enrolled: bool = True,
+        tta: str = "none",
     ) -> Predictor:
         metadata = bundle.metadata
         if backend != "torch":
@@ -531,7 +546,7 @@ class Predictor:
                     f"but {bundle.metadata_path} field 'output_names' lists {list(metadata.output_names)}"
                 )
             _check_input_size(onnx, metadata, bundle.model_path)
-            return cls(onnx, metadata, bundle.path, _enrolment(bundle, enrolled))
+            return cls(onnx, metadata, bundle.path, _enrolment(bundle, enrolled), tta)
         checkpoint = metadata.source_checkpoint
         if not checkpoint or not Path(checkpoint).is_file():
             raise PredictorError(
@@ -546,7 +561,7 @@ class Predictor:
         torch_backend, checkpoint_metadata = TorchBackend.from_checkpoint(checkpoint, device, threads)
         if tuple(checkpoint_metadata["class_names"]) != metadata.class_names:
             raise PredictorError(f"{bundle.path}: the classes of {checkpoint} differ from the bundle's")
-        return cls(torch_backend, metadata, bundle.path, _enrolment(bundle, enrolled))
+        return cls(torch_backend, metadata, bundle.path, _enrolment(bundle, enrolled), tta)
 
     @classmethod
     def _from_checkpoint(
@@ -555,6 +570,7 @@ class Predictor:
         threads: int | None,
         device: str,
         calibration: dict[str, Any] | None = None,
+        tta: str = "none",
     ) -> Predictor:
         backend, checkpoint_metadata = TorchBackend.from_checkpoint(checkpoint, device, threads)
         network = backend.network
@@ -566,7 +582,7 @@ class Predictor:
         )
         if calibration:
             metadata = replace(metadata, **calibration)
-        return cls(backend, metadata, checkpoint)
+        return cls(backend, metadata, checkpoint, tta=tta)
 
     @classmethod
     def _from_run(
@@ -577,10 +593,11 @@ class Predictor:
         threads: int | None,
         device: str,
         enrolled: bool = True,
+        tta: str = "none",
     ) -> Predictor:
         export = run_dir / RUN_EXPORT_DIR
         if backend != "torch" and (export / METADATA_FILE).is_file():
-            return cls._from_bundle(Bundle.load(export), "onnx", providers, threads, device, enrolled)
+            return cls._from_bundle(Bundle.load(export), "onnx", providers, threads, device, enrolled, tta)
         if backend == "onnx":
             raise PredictorError(
                 f"{run_dir}: the run has no export in {export}; run `carid export {run_dir}`"
@@ -588,7 +605,8 @@ class Predictor:
         checkpoint = run_dir / RUN_CHECKPOINT
         if not checkpoint.is_file():
             raise PredictorError(f"{run_dir}: the run has no {RUN_CHECKPOINT.as_posix()}")
-        return cls._from_checkpoint(checkpoint, threads, device, _export_calibration(export, checkpoint))
+        calibration = _export_calibration(export, checkpoint)
+        return cls._from_checkpoint(checkpoint, threads, device, calibration, tta)
 
     # --- predicting ------------------------------------------------------------------------------
 
@@ -814,6 +832,11 @@ class Predictor:
         return self.backend.name
 
     @property
+    def tta(self) -> str:
+        """The test-time augmentation applied ("none" or "hflip"; `carid.tta`)."""
+        return tta_of(self.backend)
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return self.metadata.class_names
 
@@ -821,6 +844,7 @@ class Predictor:
         """What the model is: backend, source and `BundleMetadata.summary()`, plus the class names."""
         return {
             "backend": self.backend.name,
+            "tta": self.tta,
             "source": None if self.source is None else str(self.source),
             **self.metadata.summary(),
             "num_trained_classes": self.trained_classes,

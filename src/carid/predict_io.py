@@ -307,8 +307,11 @@ def run_predict(
     threads: int | None = None,
     progress: bool = True,
     on_batch: Callable[[list[Prediction]], None] | None = None,
+    tta: str = "none",
 ) -> PredictRun:
     """Load the model, gather the photos, predict in batches (with a progress bar), write results.
+
+    tta: "none" or "hflip" (`carid.tta`: each photo and its mirror image, averaged).
 
     Raises InputError (paths, output name), PredictorError / BundleError (the model).
     """
@@ -316,7 +319,7 @@ def run_predict(
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"--out {out}: expected a .csv or .json file name")
     paths = gather_images(inputs)
-    predictor = Predictor.load(model, backend=backend, threads=threads)
+    predictor = Predictor.load(model, backend=backend, threads=threads, tta=tta)
     predictions: list[Prediction] = []
     batches = predictor.predict_batches(paths, top_k=top_k, batch_size=batch_size)
     if progress:

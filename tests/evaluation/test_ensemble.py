@@ -296,6 +296,16 @@ def test_weighted_ensemble_round_trip_and_predictions(
     with pytest.raises(PredictorError, match="no single embedding"):
         predictor.embed(photos[:1])
 
+    # TTA is each member's: the members' mirror-averaged boxes, combined as before.
+    flipped = Predictor.load("copy", tta="hflip")
+    assert flipped.tta == "hflip" and all(member.tta == "hflip" for member in flipped.members)
+    flipped_singles = [
+        Predictor.load(Bundle.load(run / "export").path, tta="hflip").predict(photos) for run in members
+    ]
+    for row, result in enumerate(flipped.predict(photos)):
+        expected_box = np.mean([single[row].box.to_list() for single in flipped_singles], axis=0)
+        np.testing.assert_allclose(result.box.to_list(), expected_box, atol=0.05)
+
     # The slim install: an ensemble predicts with torch (and the evaluation extras) blocked.
     code = (
         "import sys, json\n"

@@ -91,6 +91,29 @@ def test_torch_scores_equal_a_hand_made_forward_pass(tiny_run: Path) -> None:
     assert source.describe()["parameters"] == sum(p.numel() for p in network.parameters())
 
 
+def test_hflip_tta_averages_a_hand_made_forward_pass_and_its_mirror(tiny_run: Path) -> None:
+    samples = load_split(tiny_run / "split.csv").samples[:5]
+    source = open_score_source(tiny_run, batch_size=2, tta="hflip")
+    assert source.describe()["tta"] == "hflip" and open_score_source(tiny_run).describe()["tta"] == "none"
+    scores = source.score(samples)
+
+    network, metadata = load_for_inference(tiny_run / "checkpoints" / "best.ckpt")
+    spec = metadata.preprocess_spec()
+    arrays, geometries = zip(*(load_and_preprocess(s.path, spec) for s in samples), strict=True)
+    images = torch.from_numpy(np.stack(arrays))
+    with torch.inference_mode():
+        plain, mirrored = network(images), network(images.flip(-1))
+    np.testing.assert_allclose(scores.logits, ((plain.logits + mirrored.logits) / 2).numpy(), atol=1e-5)
+    back = mirrored.box.numpy()[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [1, 0, 1, 0]  # x -> 1 - x
+    average = (plain.box.numpy() + back) / 2
+    for row, geometry in enumerate(geometries):
+        expected = geometry.boxes_to_original(average[row][None, :])[0]
+        expected = np.clip(expected, 0, [geometry.original_width, geometry.original_height] * 2)
+        np.testing.assert_allclose(scores.boxes[row], expected, atol=1e-3)
+    with pytest.raises(EvaluationError, match="'flip' is not one of"):
+        open_score_source(tiny_run, tta="flip")
+
+
 def test_an_unreadable_image_is_flagged_and_the_others_scored(tiny_run: Path, tmp_path: Path) -> None:
     good = load_split(tiny_run / "split.csv").samples[:2]
     broken = tmp_path / "broken.png"
@@ -167,3 +190,9 @@ def test_a_bundle_scores_like_its_checkpoint(tiny_run: Path, tmp_path: Path) -> 
     np.testing.assert_allclose(from_bundle.probabilities, from_checkpoint.probabilities, atol=1e-4)
     np.testing.assert_allclose(from_bundle.boxes, from_checkpoint.boxes, atol=0.05)
     np.testing.assert_array_equal(from_bundle.original_sizes, from_checkpoint.original_sizes)
+    # With TTA the bundle on ONNX Runtime still scores like its checkpoint on PyTorch.
+    flipped_bundle = open_score_source(bundle, tta="hflip").score(samples)
+    flipped_checkpoint = open_score_source(tiny_run, tta="hflip").score(samples)
+    np.testing.assert_allclose(flipped_bundle.probabilities, flipped_checkpoint.probabilities, atol=1e-4)
+    np.testing.assert_allclose(flipped_bundle.boxes, flipped_checkpoint.boxes, atol=0.05)
+    assert not np.allclose(flipped_bundle.boxes, from_bundle.boxes, atol=1e-4)

@@ -573,6 +573,8 @@ def test_settings_are_checked() -> None:
         ServeSettings(port=70000)
     with pytest.raises(ServeError, match=r"max_upload_mb must be > 0.*backend must be one of"):
         ServeSettings(max_upload_mb=0, backend="tensorflow")
+    with pytest.raises(ServeError, match="tta must be one of none, hflip, got 'vflip'"):
+        ServeSettings(tta="vflip")
     with pytest.raises(ServeError, match="unknown key"):
         ServeSettings.from_dict({"model": "/elsewhere"})
     settings = ServeSettings(max_upload_mb=2.5, workers=2)
@@ -626,6 +628,19 @@ def test_serving_the_tiny_bundle(tiny_bundle: Path) -> None:
         assert [s["probability"] for s in answer["top_k"]] == pytest.approx(
             [s.probability for s in expected.top_k], abs=1e-5
         )
+
+
+@pytest.mark.slow
+def test_serving_with_tta_answers_like_the_predictor_with_tta(tiny_bundle: Path) -> None:
+    photo = sorted((tiny_bundle.parents[2] / "data" / "images").glob("*.png"))[0]
+    client = TestClient(create_app(tiny_bundle, ServeSettings(tta="hflip", warmup=False)))
+    assert client.get("/model").json()["tta"] == "hflip"
+    data = photo.read_bytes()
+    answer = client.post("/predict", files={"file": (photo.name, data)}).json()
+    (expected,) = Predictor.load(tiny_bundle, tta="hflip").predict([data])
+    (plain,) = Predictor.load(tiny_bundle).predict([data])
+    assert answer["box"] == pytest.approx(expected.to_dict()["box"], abs=1e-3)
+    assert answer["box"] != pytest.approx(plain.to_dict()["box"], abs=1e-4)
 
 
 @pytest.mark.slow

@@ -834,6 +834,8 @@ class EnsembleBackend:
         self.name = names.pop() if len(names) == 1 else "mixed"
         self.output_names = (LOGITS, BOX) if with_box else (LOGITS,)
         self.members = tuple(members)
+        modes = {member.tta for member in members}
+        self.tta = modes.pop() if len(modes) == 1 else "mixed"  # each member applies its own TTA
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         raise PredictorError(
@@ -866,8 +868,10 @@ class EnsemblePredictor(Predictor):
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         device: str = "cpu",
+        tta: str = "none",
     ) -> EnsemblePredictor:
-        """Load the ensemble folder and a `Predictor` per member (ONNX Runtime with "auto")."""
+        """Load the ensemble folder and a `Predictor` per member (ONNX Runtime with "auto"); tta
+        is each member's (`carid.tta`)."""
         ensemble = Ensemble.load(path)
         members = [
             Predictor.load(
@@ -877,6 +881,7 @@ class EnsemblePredictor(Predictor):
                 threads=threads,
                 device=device,
                 enrolled=False,  # an ensemble answers with its members' trained classes
+                tta=tta,
             )
             for index in range(len(ensemble.bundles))
         ]
@@ -994,7 +999,9 @@ class EnsembleScoreSource:
     """An ensemble folder scored member by member (`BundleScoreSource`, each with its own
     preprocessing and backend) and combined with `combine_scores`; see the module docstring."""
 
-    def __init__(self, path: Path | str, backend: str | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, path: Path | str, backend: str | None = None, batch_size: int = 32, tta: str = "none"
+    ) -> None:
         try:
             self.ensemble = Ensemble.load(path)
         except BundleError as exc:
@@ -1002,7 +1009,9 @@ class EnsembleScoreSource:
         metadata = self.ensemble.metadata
         self.path = self.ensemble.path
         self.members = tuple(
-            BundleScoreSource(self.ensemble.member_path(index), backend=backend, batch_size=batch_size)
+            BundleScoreSource(
+                self.ensemble.member_path(index), backend=backend, batch_size=batch_size, tta=tta
+            )
             for index in range(len(metadata.members))
         )
         self.name = metadata.name
@@ -1032,6 +1041,7 @@ class EnsembleScoreSource:
             "temperature": self.temperature,
             "unknown_threshold": metadata.unknown_threshold,
             "backend": self.members[0].backend,
+            "tta": self.members[0].tta,
             "ensemble": self.ensemble.describe(),
             "members": [member.describe() for member in self.members],
         }

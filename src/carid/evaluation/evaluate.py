@@ -80,6 +80,7 @@ from carid.evaluation.scoring import (
     target_boxes,
 )
 from carid.reporting import write_atomic, write_json
+from carid.tta import TtaError, check_mode
 
 log = logging.getLogger(__name__)
 
@@ -572,6 +573,7 @@ def evaluate(
     num_workers: int = 0,
     device: str = "cpu",
     backend: str | None = None,
+    tta: str = "none",
     top_k: Sequence[int] = DEFAULT_TOP_K,
     write: bool = True,
     progress: bool = False,
@@ -585,11 +587,16 @@ def evaluate(
     unknown_threshold: report coverage / accuracy when answering "unknown" below this top-1
         probability (the model's own probabilities, no temperature).
     device, batch_size, num_workers: PyTorch scoring; backend: the bundle predictor's backend.
+    tta: "none" or "hflip" (score each photo and its mirror image and average; `carid.tta`).
     Raises EvaluationError (a ValueError) for anything the user can fix, naming the path or value.
     """
     started = time.perf_counter()
     timing: dict[str, float] = {}
     _check_split(split)
+    try:
+        tta = check_mode(tta)
+    except TtaError as exc:
+        raise EvaluationError(str(exc)) from None
     if not 0.0 < target_precision <= 1.0:
         raise EvaluationError(f"target precision must be in (0, 1], got {target_precision}")
     if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
@@ -597,7 +604,7 @@ def evaluate(
     location = resolve_model(model_path)
     tick = time.perf_counter()
     source = open_score_source(
-        location, device=device, batch_size=batch_size, num_workers=num_workers, backend=backend
+        location, device=device, batch_size=batch_size, num_workers=num_workers, backend=backend, tta=tta
     )
     timing["load_model"] = time.perf_counter() - tick
     run_config = load_run_config(location.run_dir)

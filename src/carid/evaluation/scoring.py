@@ -16,6 +16,9 @@ to this protocol, so a PyTorch checkpoint and an exported ONNX bundle are evalua
   bundles): each member scored as a bundle, probabilities combined; its "logits" are the log of the
   combined probabilities, so a temperature fitted on them is absolute too.
 
+Each source takes `tta="hflip"` (`carid.tta`): every image and its mirror image are scored and
+the outputs averaged (boxes mirrored back first), on the same backend.
+
 Probabilities are what the model gives its users: softmax(logits) for a checkpoint,
 softmax(logits / T) for a bundle calibrated with temperature T. Logits are always the network's
 raw outputs, so a temperature fitted on them is absolute, not relative to the bundle's.
@@ -261,20 +264,24 @@ def open_score_source(
     batch_size: int = 32,
     num_workers: int = 0,
     backend: str | None = None,
+    tta: str = "none",
 ) -> ScoreSource:
     """The score source of a run folder, a checkpoint, a bundle or an ensemble (see `resolve_model`).
 
     backend: for bundles (and an ensemble's members), the `Predictor` backend ("onnx" or "torch";
-    None = "auto", ONNX Runtime).
+    None = "auto", ONNX Runtime). tta: "none" or "hflip" (`carid.tta`: each photo and its mirror
+    image are scored and averaged).
     """
     location = path if isinstance(path, ModelLocation) else resolve_model(path)
     if location.kind == "ensemble":
         from carid.evaluation.ensemble import EnsembleScoreSource
 
-        return EnsembleScoreSource(location.path, backend=backend, batch_size=batch_size)
+        return EnsembleScoreSource(location.path, backend=backend, batch_size=batch_size, tta=tta)
     if location.kind == "bundle":
-        return BundleScoreSource(location.path, backend=backend, batch_size=batch_size)
-    return TorchScoreSource(location.path, device=device, batch_size=batch_size, num_workers=num_workers)
+        return BundleScoreSource(location.path, backend=backend, batch_size=batch_size, tta=tta)
+    return TorchScoreSource(
+        location.path, device=device, batch_size=batch_size, num_workers=num_workers, tta=tta
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -477,11 +484,18 @@ class TorchScoreSource:
     """
 
     def __init__(
-        self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 32, num_workers: int = 0
+        self,
+        checkpoint: Path | str,
+        device: str = "cpu",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        tta: str = "none",
     ) -> None:
         import torch
 
+        from carid.inference import TorchBackend
         from carid.training.module import load_for_inference
+        from carid.tta import with_tta
 
         self.checkpoint = Path(checkpoint)
         if device == "auto":
@@ -494,6 +508,11 @@ class TorchScoreSource:
             self.network, self.metadata = load_for_inference(self.checkpoint, device=self.device)
         except (KeyError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
             raise EvaluationError(f"{self.checkpoint}: cannot load the checkpoint ({exc})") from exc
+        try:
+            self.backend = with_tta(TorchBackend(self.network, device=str(self.device)), tta)
+        except ValueError as exc:  # TtaError names the mode
+            raise EvaluationError(str(exc)) from None
+        self.tta = tta
         self.spec = self.metadata.preprocess_spec()
         self.batch_size = max(1, int(batch_size))
         self.num_workers = max(0, int(num_workers))
@@ -522,16 +541,19 @@ class TorchScoreSource:
             "parameters": int(sum(p.numel() for p in self.network.parameters())),
             "carid_version": self.metadata.carid_version,
             "device": str(self.device),
+            "tta": self.tta,
         }
 
     def logits_and_boxes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A normalized batch float32 [B, 3, H, W] -> (logits [B, C], normalized boxes [B, 4] or None)."""
+        """A normalized batch float32 [B, 3, H, W] -> (logits [B, C], normalized boxes [B, 4] or None),
+        through the (TTA-wrapped) torch backend."""
         import torch
 
-        with torch.inference_mode():
-            output = self.network(images.to(self.device))
-        box = None if output.box is None else output.box.float().cpu()
-        return output.logits.float().cpu(), box
+        from carid.bundle import BOX, LOGITS
+
+        outputs = self.backend.run(images.numpy())  # type: ignore[attr-defined]
+        box = outputs.get(BOX) if self.with_box else None
+        return torch.from_numpy(outputs[LOGITS]), None if box is None else torch.from_numpy(box)
 
     def score(self, samples: Sequence[Sample], progress: bool = False) -> Scores:
         """Score `samples` in order; see `Scores`."""
@@ -621,11 +643,13 @@ class BundleScoreSource:
     The bundle's "unknown" threshold is not applied (pass `unknown_threshold` to `evaluate`).
     """
 
-    def __init__(self, bundle: Path | str, backend: str | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, bundle: Path | str, backend: str | None = None, batch_size: int = 32, tta: str = "none"
+    ) -> None:
         inference = _inference()
         self.bundle = Path(bundle)
         try:
-            self.predictor = inference.Predictor.load(self.bundle, backend=backend or "auto")
+            self.predictor = inference.Predictor.load(self.bundle, backend=backend or "auto", tta=tta)
         except ValueError as exc:  # PredictorError and BundleError name the path and the problem
             raise EvaluationError(str(exc)) from exc
         self._prepare_image = inference.prepare_image
@@ -639,6 +663,7 @@ class BundleScoreSource:
         self.temperature = float(metadata.temperature or 1.0)
         self.batch_size = max(1, int(batch_size))
         self.backend = getattr(self.predictor.backend, "name", backend)
+        self.tta = self.predictor.tta
         run_name = (metadata.extra or {}).get("run_name")
         self.name = str(run_name or self.bundle.name)
 
@@ -656,6 +681,7 @@ class BundleScoreSource:
             "temperature": self.temperature,
             "unknown_threshold": self.metadata.unknown_threshold,
             "backend": self.backend,
+            "tta": self.tta,
         }
 
     def score(self, samples: Sequence[Sample], progress: bool = False) -> Scores:

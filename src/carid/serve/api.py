@@ -70,6 +70,7 @@ from carid.serve.limits import (
     read_limited,
     upload_name,
 )
+from carid.tta import TTA_MODES
 
 log = logging.getLogger("carid.serve")
 
@@ -110,6 +111,8 @@ class ServeSettings:
     workers: server processes, each with its own copy of the model.
     backend: "auto", "onnx" or "torch" (`Predictor.load`); threads: inference threads (None: the
         runtime's default, every core).
+    tta: "none" or "hflip" (each upload and its mirror image are scored and averaged, at twice
+        the inference time; `carid.tta`).
     max_upload_mb: largest photo accepted, in MiB; max_pixels: largest width x height accepted.
     top_k: classes listed when a request does not say; max_top_k: the most a request may ask.
     inference_slots: inferences run at once per process; max_waiting: requests that may queue
@@ -123,6 +126,7 @@ class ServeSettings:
     workers: int = 1
     backend: str = "auto"
     threads: int | None = None
+    tta: str = "none"
     max_upload_mb: float = 10.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     top_k: int = 5
@@ -149,6 +153,8 @@ class ServeSettings:
             problems.append(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
         if self.backend not in BACKENDS:
             problems.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.tta not in TTA_MODES:
+            problems.append(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
         if self.top_k > self.max_top_k:
             problems.append(f"top_k ({self.top_k}) must not exceed max_top_k ({self.max_top_k})")
         if problems:
@@ -520,7 +526,9 @@ def create_app(model_path: Path | str, settings: ServeSettings | None = None) ->
     Raises BundleError / PredictorError naming the path and the problem.
     """
     settings = settings or ServeSettings()
-    predictor = Predictor.load(model_path, backend=settings.backend, threads=settings.threads)
+    predictor = Predictor.load(
+        model_path, backend=settings.backend, threads=settings.threads, tta=settings.tta
+    )
     if settings.warmup:
         log.info("warm-up: %.0f ms", predictor.warmup())
     log.info("serving %s", predictor)
