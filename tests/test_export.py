@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+import yaml
 
 from carid.bundle import METADATA_FILE, MODEL_FILE, Bundle
 from carid.config import Config, from_dict
@@ -117,6 +118,26 @@ def test_export_writes_a_parity_checked_bundle(tiny_run: Path, tiny_bundle: Path
     for batch in (1, 5):
         logits, box, embedding = session.run(None, {"images": np.zeros((batch, 3, 32, 32), np.float32)})
         assert logits.shape == (batch, 3) and box.shape == (batch, 4) and embedding.shape == (batch, 16)
+
+
+@pytest.mark.slow
+def test_the_enrolment_calibration_of_a_refit_run_is_flagged_optimistic(
+    tiny_run: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A refit run (train.fit_on_val) trained on the val photos its enrolment calibration is
+    simulated on: model.json and the export's messages say the figures are optimistic."""
+    plain = Bundle.load(tiny_bundle).metadata.enrolment["space"]
+    assert plain["calibrated_on"] == "val" and plain["calibration_trained_on"] is False
+    refit = tmp_path / "refit"
+    shutil.copytree(tiny_run, refit, ignore=shutil.ignore_patterns("export"))
+    config = yaml.safe_load((refit / "config.yaml").read_text(encoding="utf-8"))
+    config["train"]["fit_on_val"], config["train"]["early_stopping_patience"] = True, 0
+    (refit / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    lines: list[str] = []
+    bundle = export_bundle(refit, parity_images=0, say=lines.append).bundle
+    assert bundle.metadata.enrolment["space"]["calibration_trained_on"] is True
+    calibration = [line for line in lines if line.startswith("enrolment calibration")]
+    assert len(calibration) == 1 and "optimistic: the network trained on these photos" in calibration[0]
 
 
 @pytest.mark.slow

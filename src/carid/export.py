@@ -546,8 +546,11 @@ def _prepare_enrolment(staging: Path, run_dir: Path | None, images: int, tell: C
     if split is None or not split.is_file():
         tell("enrolment space skipped: no run split.csv to fit it on (export a run folder to get one)")
         return
+    from carid.evaluation.evaluate import load_run_config, trained_splits
+
+    val_trained = "val" in trained_splits(load_run_config(run_dir))
     try:
-        prepare_enrolment(staging, split, images=images, say=tell)
+        prepare_enrolment(staging, split, images=images, say=tell, val_trained=val_trained)
     except ValueError as exc:
         tell(f"enrolment space skipped: {exc}")
 

@@ -5,6 +5,9 @@ a class-stratified sample of the run's training photos (at most `images`; the wi
 whitening of `carid.enroll.space.fit_space`) and over its validation photos (the simulated
 enrolment of `fit_calibration`, at most `CALIBRATION_IMAGES`), and the result is written with no
 enrolled classes (`carid.enroll.store.save_enrolment`). Photos that cannot be read are skipped.
+For a refit run (`train.fit_on_val`) the network has trained on those validation photos, so the
+simulated figures are optimistic: `val_trained=True` says so in the message and in the space info
+(`calibration_trained_on`, in model.json under enrolment.space).
 """
 
 from __future__ import annotations
@@ -68,8 +71,12 @@ def prepare_enrolment(
     seed: int = 0,
     shrinkage: float = DEFAULT_SHRINKAGE,
     say: Callable[[str], None] | None = None,
+    val_trained: bool = False,
 ) -> Enrolment:
     """Fit and write the bundle's enrolment space from the photos of `split_csv` (the run's split).
+
+    val_trained: the network trained on the split's val photos too (a refit run), so a calibration
+    simulated on them is flagged as optimistic.
 
     Raises ValueError (naming the split file) when it has too few usable photos.
     """
@@ -119,15 +126,21 @@ def prepare_enrolment(
         "classes": len(set(train_labels)),
         "calibration_images": len(val_labels) if calibrated_on == "val" else len(train_labels),
         "calibrated_on": calibrated_on,
+        "calibration_trained_on": calibrated_on == "train" or val_trained,
         "shrinkage": shrinkage,
         "dim": space.dim,
         "fitted_on": str(split_csv),
     }
     enrolment = Enrolment(space=space, calibration=calibration, classes=(), space_info=space_info)
     save_enrolment(bundle, enrolment)
+    caveat = ""
+    if space_info["calibration_trained_on"]:
+        caveat = "; optimistic: the network trained on these photos" + (
+            " (a refit run, train.fit_on_val)" if calibrated_on == "val" else ""
+        )
     tell(
         f"enrolment calibration: scale {calibration.scale:g}, bias {calibration.bias:.2f} (simulated on "
         f"{calibrated_on}: new classes right {calibration.new_accuracy:.1%}, "
-        f"known kept {calibration.known_retained:.1%})"
+        f"known kept {calibration.known_retained:.1%}{caveat})"
     )
     return enrolment
