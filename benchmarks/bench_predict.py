@@ -10,7 +10,9 @@ the same thread count:
   model + post-processing), median over the photos;
 * end-to-end throughput: `Predictor.predict` over all photos in batches (encoded bytes in,
   `Prediction`s out), and its ratio to the bare ONNX Runtime throughput (target >= 0.70);
-* the share of decode / preprocess / model time, from each prediction's `Timing`.
+* the share of decode / preprocess / model time, from each prediction's `Timing`;
+* with `--tta`: the same figures on ONNX Runtime with `tta="hflip"` (each photo and its mirror
+  image), and their ratio to the plain ONNX figures.
 
 Every figure is the median of `--repeats` passes. Prints a table and writes JSON.
 
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="passes per figure (the median is kept)")
     parser.add_argument("--latency-images", type=int, default=48, help="photos timed one at a time")
     parser.add_argument("--skip-torch", action="store_true", help="ONNX Runtime only")
+    parser.add_argument("--tta", action="store_true", help="also ONNX Runtime with tta=hflip")
     parser.add_argument("--out", type=Path, default=DEFAULT_LOG, help="JSON output")
     return parser.parse_args(argv)
 
@@ -145,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.load(args.bundle, backend=backend, threads=args.threads)
         results[backend] = measure(predictor, photos, args)
         print(f"{backend}: {json.dumps(results[backend], indent=1)}", flush=True)
+    if args.tta:
+        predictor = Predictor.load(args.bundle, backend="onnx", threads=args.threads, tta="hflip")
+        results["onnx_hflip"] = measure(predictor, photos, args)
+        print(f"onnx_hflip: {json.dumps(results['onnx_hflip'], indent=1)}", flush=True)
+        for figure in ("bare_img_per_s", "end_to_end_img_per_s"):
+            results[f"hflip_over_plain_{figure}"] = results["onnx_hflip"][figure] / results["onnx"][figure]
     if "torch" in results:
         results["onnx_over_torch_bare"] = (
             results["onnx"]["bare_img_per_s"] / results["torch"]["bare_img_per_s"]
