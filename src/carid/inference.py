@@ -501,25 +501,38 @@ class Predictor:
             return EnsemblePredictor.load(
                 path, backend, providers=providers, threads=threads, device=device, tta=tta
             )
+        predictor = cls._load_one(path, backend, providers, threads, device, enrolled)
+        predictor.backend = with_tta(predictor.backend, tta)  # type: ignore[assignment]
+        return predictor
+
+    @classmethod
+    def _load_one(
+        cls,
+        path: Path,
+        backend: str,
+        providers: Sequence[str] | None,
+        threads: int | None,
+        device: str,
+        enrolled: bool,
+    ) -> Predictor:
+        """A predictor for one model (not an ensemble), without TTA; see `load`."""
         if (path.is_dir() and (path / METADATA_FILE).is_file()) or path.name == METADATA_FILE:
-            return cls._from_bundle(Bundle.load(path), backend, providers, threads, device, enrolled, tta)
+            return cls._from_bundle(Bundle.load(path), backend, providers, threads, device, enrolled)
         if path.is_file() and path.suffix == ".onnx":
             if not (path.parent / METADATA_FILE).is_file():
                 raise PredictorError(
                     f"{path}: an ONNX file needs its {METADATA_FILE} beside it (a carid bundle)"
                 )
-            return cls._from_bundle(
-                Bundle.load(path.parent), backend, providers, threads, device, enrolled, tta
-            )
+            return cls._from_bundle(Bundle.load(path.parent), backend, providers, threads, device, enrolled)
         if path.is_file() and path.suffix == ".ckpt":
             if backend == "onnx":
                 raise PredictorError(
                     f"{path}: a checkpoint runs on the torch backend; export it (carid export {path}) "
                     "to predict on ONNX Runtime"
                 )
-            return cls._from_checkpoint(path, threads=threads, device=device, tta=tta)
+            return cls._from_checkpoint(path, threads=threads, device=device)
         if path.is_dir() and ((path / RUN_CHECKPOINT).is_file() or (path / RUN_EXPORT_DIR).is_dir()):
-            return cls._from_run(path, backend, providers, threads, device, enrolled, tta)
+            return cls._from_run(path, backend, providers, threads, device, enrolled)
         raise PredictorError(
             f"{path}: not a model: expected a bundle folder (with {METADATA_FILE}), a .ckpt checkpoint "
             f"or a run folder (with {RUN_CHECKPOINT.as_posix()})"
@@ -534,7 +547,6 @@ class Predictor:
         threads: int | None,
         device: str,
         enrolled: bool = True,
-        tta: str = "none",
     ) -> Predictor:
         metadata = bundle.metadata
         if backend != "torch":
@@ -546,7 +558,7 @@ class Predictor:
                     f"but {bundle.metadata_path} field 'output_names' lists {list(metadata.output_names)}"
                 )
             _check_input_size(onnx, metadata, bundle.model_path)
-            return cls(onnx, metadata, bundle.path, _enrolment(bundle, enrolled), tta)
+            return cls(onnx, metadata, bundle.path, _enrolment(bundle, enrolled))
         checkpoint = metadata.source_checkpoint
         if not checkpoint or not Path(checkpoint).is_file():
             raise PredictorError(
@@ -561,7 +573,7 @@ class Predictor:
         torch_backend, checkpoint_metadata = TorchBackend.from_checkpoint(checkpoint, device, threads)
         if tuple(checkpoint_metadata["class_names"]) != metadata.class_names:
             raise PredictorError(f"{bundle.path}: the classes of {checkpoint} differ from the bundle's")
-        return cls(torch_backend, metadata, bundle.path, _enrolment(bundle, enrolled), tta)
+        return cls(torch_backend, metadata, bundle.path, _enrolment(bundle, enrolled))
 
     @classmethod
     def _from_checkpoint(
@@ -570,7 +582,6 @@ class Predictor:
         threads: int | None,
         device: str,
         calibration: dict[str, Any] | None = None,
-        tta: str = "none",
     ) -> Predictor:
         backend, checkpoint_metadata = TorchBackend.from_checkpoint(checkpoint, device, threads)
         network = backend.network
@@ -582,7 +593,7 @@ class Predictor:
         )
         if calibration:
             metadata = replace(metadata, **calibration)
-        return cls(backend, metadata, checkpoint, tta=tta)
+        return cls(backend, metadata, checkpoint)
 
     @classmethod
     def _from_run(
@@ -593,11 +604,10 @@ class Predictor:
         threads: int | None,
         device: str,
         enrolled: bool = True,
-        tta: str = "none",
     ) -> Predictor:
         export = run_dir / RUN_EXPORT_DIR
         if backend != "torch" and (export / METADATA_FILE).is_file():
-            return cls._from_bundle(Bundle.load(export), "onnx", providers, threads, device, enrolled, tta)
+            return cls._from_bundle(Bundle.load(export), "onnx", providers, threads, device, enrolled)
         if backend == "onnx":
             raise PredictorError(
                 f"{run_dir}: the run has no export in {export}; run `carid export {run_dir}`"
@@ -605,8 +615,7 @@ class Predictor:
         checkpoint = run_dir / RUN_CHECKPOINT
         if not checkpoint.is_file():
             raise PredictorError(f"{run_dir}: the run has no {RUN_CHECKPOINT.as_posix()}")
-        calibration = _export_calibration(export, checkpoint)
-        return cls._from_checkpoint(checkpoint, threads, device, calibration, tta)
+        return cls._from_checkpoint(checkpoint, threads, device, _export_calibration(export, checkpoint))
 
     # --- predicting ------------------------------------------------------------------------------
 
