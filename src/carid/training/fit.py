@@ -53,6 +53,8 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from carid import __version__
 from carid.config import (
@@ -310,13 +312,48 @@ def _is_distributed(config: Config) -> bool:
 # --- logging ---------------------------------------------------------------------------------------
 
 
+class _AtomicMetricsWriter(ExperimentWriter):
+    """Lightning's CSV writer, but every save replaces metrics.csv whole through a temporary file.
+
+    Lightning appends rows, and rewrites the file in place (truncate, then write) whenever a new
+    column appears, which happens right after the first checkpoint when the epoch's train metrics
+    arrive. A process killed inside that rewrite left a file without the rows it had finished.
+    Here all rows stay in memory (a few per epoch) and each save writes them under a temporary
+    name and renames it over metrics.csv, so the file on disk is always a complete earlier state
+    (on resume too: the old file stays until the first save replaces it).
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir=log_dir)
+        self._saved_rows: list[dict[str, Any]] = []
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning deletes an old metrics.csv here; the first save replaces it instead."""
+
+    def save(self) -> None:
+        import csv
+        import io
+
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        self._saved_rows.extend(self.metrics)
+        self.metrics = []
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(self._saved_rows)
+        write_atomic(Path(self.metrics_file_path), buffer.getvalue().encode("utf-8"))
+
+
 class ResumableCSVLogger(CSVLogger):
     """Lightning's CSVLogger (metrics.csv directly in the run directory) that survives resuming.
 
     Lightning's CSV writer deletes an existing metrics.csv when it starts. On resume, the rows of
     the epochs the checkpoint completed are read first and written back ahead of the new ones;
     rows logged after the checkpoint (an interrupted epoch) are dropped, because that epoch runs
-    again. Rows are flushed at every logging call, so an interrupted run loses nothing it finished.
+    again. Rows are flushed at every logging call, each flush replacing the file atomically
+    (`_AtomicMetricsWriter`), so an interrupted run loses nothing it finished.
     """
 
     def __init__(self, run_dir: Path, keep_through: tuple[int, int] | None = None) -> None:
@@ -326,13 +363,15 @@ class ResumableCSVLogger(CSVLogger):
             self._kept_rows = _rows_through(Path(run_dir) / "metrics.csv", *keep_through)
 
     @property
-    def experiment(self):  # type: ignore[override]
-        fresh = self._experiment is None
-        writer = super().experiment
-        if fresh and writer is not None and self._kept_rows:
+    @rank_zero_experiment
+    def experiment(self) -> _AtomicMetricsWriter:  # type: ignore[override]
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            writer = _AtomicMetricsWriter(log_dir=self.log_dir)
             writer.metrics = [dict(row) for row in self._kept_rows]
             self._kept_rows = []
-        return writer
+            self._experiment = writer
+        return self._experiment
 
 
 def _rows_through(metrics_csv: Path, last_epoch: int, global_step: int) -> list[dict[str, str]]:
