@@ -22,13 +22,10 @@ and the TTA libraries (ttach; timm has none) wrap torch modules and do not trans
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
 from carid.bundle import BOX
 
-TtaMode = Literal["none", "hflip"]
 TTA_MODES: tuple[str, ...] = ("none", "hflip")
 
 

@@ -31,6 +31,8 @@ variable and read the split from it, and only rank 0 writes files. precision "au
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -331,9 +333,6 @@ class _AtomicMetricsWriter(ExperimentWriter):
         """Lightning deletes an old metrics.csv here; the first save replaces it instead."""
 
     def save(self) -> None:
-        import csv
-        import io
-
         if not self.metrics:
             return
         self._record_new_keys()
@@ -376,8 +375,6 @@ class ResumableCSVLogger(CSVLogger):
 
 def _rows_through(metrics_csv: Path, last_epoch: int, global_step: int) -> list[dict[str, str]]:
     """Rows of epochs <= last_epoch (rows without an epoch: steps < global_step)."""
-    import csv
-
     if not metrics_csv.exists():
         return []
     kept = []
