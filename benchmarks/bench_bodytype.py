@@ -43,7 +43,7 @@ from carid.data.inspect import inspect_dataset
 from carid.data.split import load_split
 from carid.evaluation.calibration import apply_temperature
 from carid.evaluation.metrics import EvaluationResult, evaluate_predictions
-from carid.reporting import write_json
+from carid.files import write_json
 from carid.taxonomy import Taxonomy, roll_up
 from carid.training.features import (
     CACHE_VERSION,

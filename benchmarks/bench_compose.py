@@ -27,7 +27,7 @@ import numpy as np
 from carid import boxes as box_math
 from carid.config import shared_datasets_dir
 from carid.data.readers import read_dataset
-from carid.inference import Predictor
+from carid.runtime.predictor import Predictor
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

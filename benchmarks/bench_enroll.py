@@ -46,12 +46,13 @@ from typing import Any
 import numpy as np
 
 from carid import __version__
-from carid.bundle import EMBEDDING, LOGITS, Bundle, write_json_atomic
+from carid.artifacts.bundle import EMBEDDING, LOGITS, Bundle
 from carid.config import load_config
 from carid.data.split import load_split
 from carid.enroll.space import EmbeddingSpace, ScoreCalibration, fit_calibration, prototype_sum, prototypes
 from carid.enroll.store import enroll, require_enrolment
-from carid.inference import Predictor, prepare_image
+from carid.files import write_json
+from carid.runtime.predictor import Predictor, prepare_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "stanford-cars-crops"
@@ -136,7 +137,7 @@ def train_and_export(dataset: Path, work: Path, image_size: int) -> tuple[Path, 
     metrics = {**result.metrics, "train_seconds": round(time.perf_counter() - started, 1)}
     say(f"trained: {metrics}")
     export_bundle(result.run_dir, out=bundle, parity_images=8, overwrite=True, say=say)
-    write_json_atomic(work / "train.json", metrics)
+    write_json(work / "train.json", metrics)
     return result.run_dir, bundle, metrics
 
 
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - started, 1),
         }
     )
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     say(f"wrote {args.out}")
     return 0
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from carid import __version__
-from carid.inference import Predictor, prepare_image
+from carid.runtime.predictor import Predictor, prepare_image
 
 DEFAULT_DATA = Path("../shared/datasets/stanford-cars-crops/images")
 DEFAULT_LOG = Path(__file__).resolve().parent / "logs" / "predict-speed.json"

@@ -36,8 +36,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from carid.bundle import write_json_atomic
 from carid.config import shared_datasets_dir
+from carid.files import write_json
 from carid.serve.api import ENV_MODEL, ENV_SETTINGS, ServeSettings
 
 DEFAULT_OUT = Path("benchmarks/logs/serve-load.json")
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         **summarize(latencies, errors, timings, elapsed),
         "machine": {"cpus": len(cpus), "python": platform.python_version(), "platform": platform.platform()},
     }
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     print_table(result, console)
     console.print(f"results: {args.out}", markup=False, highlight=False)
     return 0 if result["ok"] and not result["errors"] else 1

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from carid.bundle import METADATA_FILE, MODEL_FILE, Bundle
+from carid.artifacts.bundle import METADATA_FILE, MODEL_FILE, Bundle
 from carid.config import Config, from_dict
 from carid.data.split import load_split
 from carid.enroll.store import ENROLMENT_FILE
@@ -29,7 +29,7 @@ from carid.export import (
     parity_candidates,
     resolve_checkpoint,
 )
-from carid.inference import OnnxBackend, TorchBackend, file_sha256
+from carid.runtime.predictor import OnnxBackend, TorchBackend, file_sha256
 from carid.training.fit import train
 from tests.conftest import write_image
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree

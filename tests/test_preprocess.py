@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from carid import preprocess as prep
 from carid.config import AugmentConfig, ModelConfig
-from carid.data.images import ImageError
+from carid.images import ImageError
 from carid.preprocess import Geometry, PreprocessSpec, decode_scale, preprocess, preprocess_batch
 
 RECT = (37, 21, 150, 90)  # xyxy pixels of a white rectangle on the 203 x 117 synthetic image

@@ -13,6 +13,7 @@ from jinja2 import UndefinedError
 from matplotlib.figure import Figure
 from PIL import Image
 
+from carid.files import write_atomic, write_json
 from carid.reporting import (
     FIGURES_DIR,
     ReportFigure,
@@ -23,9 +24,7 @@ from carid.reporting import (
     jpeg_bytes,
     page_environment,
     render_page,
-    write_atomic,
     write_figures,
-    write_json,
 )
 
 PAGES = (

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from carid.inference import Predictor
+from carid.runtime.predictor import Predictor
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,12 @@ def test_slim_install_predicts_without_torch(
     no_torch = _run([str(python), "-c", "import torch"], timeout=60)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     imports = _run(
-        [str(python), "-c", "import carid.inference, carid.bundle, carid.predict_io, carid.cli"], timeout=60
+        [
+            str(python),
+            "-c",
+            "import carid.runtime.predictor, carid.artifacts.bundle, carid.runtime.predict_io, carid.cli",
+        ],
+        timeout=60,
     )
     assert imports.returncode == 0, imports.stderr
 

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from carid import __version__
+from carid.errors import CaridError
 
 app = typer.Typer(
     name="carid",
@@ -57,7 +58,7 @@ TtaOption = Annotated[
 ]
 
 
-class UserError(Exception):
+class UserError(CaridError):
     """An error the user can fix; printed as one line, exit code 2."""
 
 
@@ -426,8 +427,8 @@ def data_curate(
     curate_config = replace(CurateConfig(), **{k: v for k, v in changes.items() if v is not None})
     predictor = None
     if model is not None:
-        from carid.bundle import BundleError
-        from carid.inference import Predictor, PredictorError
+        from carid.artifacts.bundle import BundleError
+        from carid.runtime.predictor import Predictor, PredictorError
 
         try:
             predictor = Predictor.load(model)
@@ -562,11 +563,11 @@ def enroll(
     from rich.markup import escape
     from rich.table import Table
 
-    from carid.bundle import BundleError
+    from carid.artifacts.bundle import BundleError
     from carid.enroll.store import EnrolError, listing
     from carid.enroll.store import enroll as enroll_class
     from carid.enroll.store import remove as remove_classes
-    from carid.predict_io import InputError, gather_images
+    from carid.runtime.predict_io import InputError, gather_images
 
     try:
         if remove:
@@ -643,9 +644,9 @@ def predict(
     """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint."""
     from rich.markup import escape
 
-    from carid.bundle import BundleError
-    from carid.inference import PredictorError
-    from carid.predict_io import InputError, print_predictions, run_predict
+    from carid.artifacts.bundle import BundleError
+    from carid.runtime.predict_io import InputError, print_predictions, run_predict
+    from carid.runtime.predictor import PredictorError
 
     given = (("top_k", top_k), ("batch_size", batch_size), ("tta", tta))
     options = {key: value for key, value in given if value is not None}
@@ -703,8 +704,8 @@ def serve(
     """Serve a model: REST API (POST /predict, GET /model, /health, /docs) and a web page at /."""
     from rich.markup import escape
 
-    from carid.bundle import BundleError
-    from carid.inference import PredictorError
+    from carid.artifacts.bundle import BundleError
+    from carid.runtime.predictor import PredictorError
     from carid.serve.api import ServeError, ServeSettings, run_server
 
     given = {
@@ -931,7 +932,7 @@ def ensemble(
     """Combine exported models into one ensemble folder (weights fitted on the validation split)."""
     from rich.markup import escape
 
-    from carid.bundle import BundleError
+    from carid.artifacts.bundle import BundleError
     from carid.config import ConfigError
     from carid.data.readers import DatasetError
     from carid.evaluation.ensemble import build_ensemble
@@ -989,7 +990,7 @@ def calibrate(
     """Fit the temperature and the 'unknown' threshold on validation images; store them in the bundle."""
     from rich.markup import escape
 
-    from carid.bundle import BundleError
+    from carid.artifacts.bundle import BundleError
     from carid.config import ConfigError
     from carid.data.readers import DatasetError
     from carid.evaluation.ensemble import calibrate_model

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
+from carid.errors import CaridError
+
 STRICT = ConfigDict(extra="forbid")
 
 # Where the shared datasets live relative to a checkout (../shared/datasets) and the dataset the
@@ -268,7 +270,7 @@ class Config:
     name: str | None = None
 
 
-class ConfigError(ValueError):
+class ConfigError(CaridError, ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
 
 

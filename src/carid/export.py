@@ -3,12 +3,12 @@
     RUN/checkpoints/best.ckpt --load_for_inference--> CarNet
         --torch.onnx.export (dynamo exporter, dynamic batch)--> model.onnx
             outputs: logits [B, C], box [B, 4] (when the network has a box head), embedding [B, D]
-        --parity check on real images: PyTorch vs ONNX Runtime--> model.json (`carid.bundle` format)
+        --parity check on real images: PyTorch vs ONNX Runtime--> model.json (`carid.artifacts.bundle` format)
 
 The "embedding" output (pooled backbone features, the heads' input) is exported so that new classes
 can later be enrolled from a bundle alone (`Predictor.embed`).
 
-The parity check runs both backends on the same preprocessed photos (`carid.inference.prepare_image`,
+The parity check runs both backends on the same preprocessed photos (`carid.runtime.predictor.prepare_image`,
 the predictor's own path): the run's validation and test images from its split.csv, or the images of
 a folder given with `parity_data`. Every image must get the same top-1 class (a tie closer than
 `TOP1_TIE` in the PyTorch probabilities is accepted either way), probabilities within
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from carid import __version__
-from carid.bundle import (
+from carid.artifacts.bundle import (
     BOX,
     EMBEDDING,
     INPUT_NAME,
@@ -52,10 +52,13 @@ from carid.bundle import (
     BundleMetadata,
     write_metadata,
 )
-from carid.data.images import is_image_file
 from carid.enroll.prepare import DEFAULT_SPACE_IMAGES, prepare_enrolment
+from carid.errors import CaridError
 from carid.evaluation.calibration import apply_temperature
-from carid.inference import (
+from carid.images import is_image_file
+from carid.models.network import CarNet
+from carid.preprocess import PreprocessSpec
+from carid.runtime.predictor import (
     RUN_CHECKPOINT,
     RUN_EXPORT_DIR,
     OnnxBackend,
@@ -64,8 +67,6 @@ from carid.inference import (
     file_sha256,
     prepare_image,
 )
-from carid.models.network import CarNet
-from carid.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ PARITY_BATCH = 16
 _QUIET_WARNINGS = (".*Exporting a model while it is in training mode.*",)
 
 
-class ExportError(ValueError):
+class ExportError(CaridError, ValueError):
     """An export that cannot be done as asked; the message names the path and the problem."""
 
 

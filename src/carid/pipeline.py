@@ -21,7 +21,7 @@ from rich.console import Console
 from carid.config import Config, load_config
 
 if TYPE_CHECKING:
-    from carid.inference import Prediction
+    from carid.runtime.predictor import Prediction
 
 QUICKSTART = "quickstart.yaml"
 PREDICT_EXAMPLES = 5
@@ -68,7 +68,7 @@ def run_main_job(
     from carid.data.inspect import inspect_dataset, splits_of_all, write_data_report
     from carid.evaluation.evaluate import evaluate
     from carid.export import export_bundle
-    from carid.inference import Predictor
+    from carid.runtime.predictor import Predictor
     from carid.training.fit import train
 
     result = MainJobResult()
@@ -117,7 +117,7 @@ def run_main_job(
     done = stage("export")
     exported = export_bundle(run.run_dir, out=out_dir / "bundle", overwrite=True, say=lambda line: None)
     if report.calibration is not None:
-        from carid.bundle import update_calibration
+        from carid.artifacts.bundle import update_calibration
 
         update_calibration(
             exported.bundle.path,

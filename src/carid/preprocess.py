@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from carid import boxes as box_math
-from carid.data.images import load_rgb, probe_image
+from carid.images import load_rgb, probe_image
 
 if TYPE_CHECKING:
     from carid.config import AugmentConfig, ModelConfig
@@ -416,7 +416,7 @@ def load_image(
     min_side: the shortest side to keep (default `decode_min_side(spec)`; 0 or no spec = full size).
     original_size: the file's (width, height) when already known (Sample.width/height); if it does
     not explain the decoded size (a stale annotation, an EXIF rotation) the file header is read.
-    Raises `carid.data.images.ImageError` naming the file.
+    Raises `carid.images.ImageError` naming the file.
     """
     if min_side is None and spec is not None:
         min_side = decode_min_side(spec)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined
 from PIL import Image, ImageDraw
 
 from carid import __version__
+from carid.files import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,20 +44,6 @@ RGB = tuple[int, int, int]
 
 
 # --- files ---------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to `path` through a temporary name, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """`data` as indented UTF-8 JSON (values JSON does not know as their str()), atomically."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    write_atomic(path, text.encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import pytest
 from carid.config import CurateConfig
 from carid.data.curate import CurateError, curate
 from carid.data.nocar import tile_boxes, view_count
-from carid.inference import ClassScore
+from carid.runtime.predictor import ClassScore
 from tests.conftest import shared_dataset, write_image
 
 

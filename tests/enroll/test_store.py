@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from carid.bundle import Bundle, BundleMetadata, write_metadata
+from carid.artifacts.bundle import Bundle, BundleMetadata, write_metadata
 from carid.cli import app
 from carid.enroll.store import (
     ENROLMENT_FILE,
@@ -25,7 +25,7 @@ from carid.enroll.store import (
     require_enrolment,
 )
 from carid.evaluation.calibration import apply_temperature
-from carid.inference import Predictor, PredictorError, prepare_image, with_enrolled_classes
+from carid.runtime.predictor import Predictor, PredictorError, prepare_image, with_enrolled_classes
 from carid.serve.api import ServeSettings, build_app
 from carid.taxonomy import Taxonomy
 from tests.conftest import write_image

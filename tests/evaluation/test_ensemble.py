@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carid.bundle import METADATA_FILE, Bundle, update_calibration
+from carid.artifacts.bundle import METADATA_FILE, Bundle, update_calibration
 from carid.config import Config, from_dict, save_config
 from carid.data.samples import Sample, SampleTable
 from carid.data.split import save_split
@@ -49,7 +49,7 @@ from carid.evaluation.ensemble import (
 )
 from carid.evaluation.metrics import top_k_accuracy
 from carid.evaluation.scoring import open_score_source, resolve_model
-from carid.inference import Prediction, Predictor, PredictorError
+from carid.runtime.predictor import Prediction, Predictor, PredictorError
 
 # --- combination math on synthetic probabilities ---------------------------------------------------
 
@@ -311,7 +311,7 @@ def test_weighted_ensemble_round_trip_and_predictions(
         "import sys, json\n"
         "for name in ('torch', 'torchvision', 'lightning', 'timm', 'onnx', 'matplotlib', 'scipy'):\n"
         "    sys.modules[name] = None\n"
-        "from carid.inference import Predictor\n"
+        "from carid.runtime.predictor import Predictor\n"
         f"results = Predictor.load({str(moved)!r}).predict({[str(p) for p in photos[:2]]!r})\n"
         "print(json.dumps([r.label for r in results]))\n"
     )

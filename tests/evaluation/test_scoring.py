@@ -176,7 +176,9 @@ def test_target_boxes_take_the_largest_box_inside_the_photo() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("carid.inference") is None, reason="carid.inference is missing")
+@pytest.mark.skipif(
+    importlib.util.find_spec("carid.runtime.predictor") is None, reason="carid.runtime.predictor is missing"
+)
 def test_a_bundle_scores_like_its_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
     from carid.export import export_bundle
 

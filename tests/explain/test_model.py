@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from carid.data.images import ImageError
 from carid.explain import ExplainedModel, ExplainError, prepare_photo, resolve_model
 from carid.explain.model import resolve_class
+from carid.images import ImageError
 from carid.preprocess import PreprocessSpec
 from tests.explain.helpers import (
     CLASS_NAMES,

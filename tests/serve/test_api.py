@@ -30,7 +30,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
-from carid.inference import Predictor
+from carid.runtime.predictor import Predictor
 from carid.serve import api as serve_api
 from carid.serve.api import (
     ENV_MODEL,
@@ -52,7 +52,7 @@ from carid.serve.limits import (
     upload_name,
 )
 from tests.conftest import write_image
-from tests.test_inference import CAR_CLASSES, StubBackend, stub_predictor
+from tests.runtime.test_predictor import CAR_CLASSES, StubBackend, stub_predictor
 
 REPO = Path(__file__).resolve().parents[2]
 STATIC_FILES = ("index.html", "app.js", "style.css")
@@ -541,8 +541,8 @@ def test_explain_without_torch_backend_says_why(client: TestClient, tmp_path: Pa
 @pytest.mark.slow  # importing torch and pytorch-grad-cam takes about 10 s
 def test_explain_with_the_torch_backend(tmp_path: Path) -> None:
     pytest.importorskip("pytorch_grad_cam")
-    from carid.bundle import BundleMetadata
-    from carid.inference import TorchBackend
+    from carid.artifacts.bundle import BundleMetadata
+    from carid.runtime.predictor import TorchBackend
     from tests.explain.helpers import tiny_metadata, tiny_network
 
     network = tiny_network()

@@ -9,9 +9,9 @@ import lightning as L
 import torch
 
 from carid.config import TrainConfig
-from carid.data.datamodule import CarDataModule
 from carid.data.split import load_split
 from carid.models.network import build_network
+from carid.training.datamodule import CarDataModule
 from carid.training.features import FeatureDataModule, backbone_fingerprint, build_feature_cache, cache_key
 from carid.training.module import load_for_inference
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from PIL import Image, ImageFilter
 
-from carid.data.images import IMAGE_SUFFIXES, ImageError, load_rgb
 from carid.data.samples import Sample
+from carid.images import IMAGE_SUFFIXES, ImageError, load_rgb
 
 BOX_CSV = "boxes.csv"
 MANIFEST = "manifest.json"

@@ -31,23 +31,25 @@ import numpy as np
 
 from carid.config import CheckConfig, CurateConfig, DataConfig
 from carid.data.checks import CheckReport, run_checks
-from carid.data.images import ImageError, load_rgb
 from carid.data.nocar import CarScorer
 from carid.data.readers import read_dataset
 from carid.data.samples import Sample, Severity
-from carid.reporting import data_uri, jpeg_bytes, render_page, write_atomic, write_json
+from carid.errors import CaridError
+from carid.files import write_atomic, write_json
+from carid.images import ImageError, load_rgb
+from carid.reporting import data_uri, jpeg_bytes, render_page
 
 UNUSABLE_KINDS = ("missing_file", "not_an_image", "truncated_image", "unreadable_image", "too_many_pixels")
 REASONS = ("unusable", "tiny_image", "exact_duplicate", "near_duplicate", "no_car", "likely_mislabelled")
 Action = Literal["none", "delete", "move"]
 
 
-class CurateError(ValueError):
+class CurateError(CaridError, ValueError):
     """Curation cannot run as asked (bad option combination, a model without classes ...)."""
 
 
 class LabelModel(Protocol):
-    """What mislabel detection needs of a model (`carid.inference.Predictor` fits)."""
+    """What mislabel detection needs of a model (`carid.runtime.predictor.Predictor` fits)."""
 
     def predict(self, images: Sequence[Path], top_k: int = 5, batch_size: int = 16) -> list[Any]: ...
 

@@ -10,7 +10,7 @@ as key/value rows, distribution figures and a grid of sample images with their b
 
 It is fast on large datasets: the distributions come from the widths, heights and boxes already in
 the table (the checks fill the sizes in), and only the images shown in the grid are decoded, at
-reduced size (`carid.data.images.load_rgb(min_side=...)`). Figures, files and the page go through
+reduced size (`carid.images.load_rgb(min_side=...)`). Figures, files and the page go through
 `carid.reporting` (matplotlib's object API on the Agg canvas; Jinja2 with autoescaping, so file
 names and messages can never inject markup; `templates/report.html` extends the shared base page).
 """
@@ -30,8 +30,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from carid.data.images import ImageError, load_rgb
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.files import write_atomic
+from carid.images import ImageError, load_rgb
 from carid.reporting import (
     REPORT_NAME,
     ReportFigure,
@@ -40,7 +41,6 @@ from carid.reporting import (
     draw_boxes,
     jpeg_bytes,
     render_page,
-    write_atomic,
     write_figures,
 )
 

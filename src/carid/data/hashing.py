@@ -44,7 +44,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from carid.data.images import ImageError, load_rgb, probe_image
+from carid.images import ImageError, load_rgb, probe_image
 
 # Below this many files the pool's start-up (a fresh interpreter per worker importing numpy,
 # Pillow and imagehash, about 0.5 s) costs more than it saves on two cores.

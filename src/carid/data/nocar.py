@@ -29,7 +29,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from carid.data.images import ImageError, load_rgb
+from carid.errors import CaridError
+from carid.images import ImageError, load_rgb
 from carid.models.imagenet import car_probability
 from carid.preprocess import PreprocessSpec, preprocess
 
@@ -40,7 +41,7 @@ IMAGENET_BACKBONE = "tf_efficientnet_lite0"
 IMAGENET_INPUT = 224
 
 
-class CarScoreError(RuntimeError):
+class CarScoreError(CaridError, RuntimeError):
     """The ImageNet car scorer cannot be built (torch/timm or the offline weights are missing)."""
 
 

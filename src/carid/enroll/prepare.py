@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carid.bundle import EMBEDDING, LOGITS, Bundle
+from carid.artifacts.bundle import EMBEDDING, LOGITS, Bundle
 from carid.enroll.space import DEFAULT_SHRINKAGE, fit_calibration, fit_space
 from carid.enroll.store import Enrolment, save_enrolment
 
@@ -43,7 +43,7 @@ def _stratified(paths_by_class: dict[str, list[Path]], limit: int, seed: int) ->
 
 def run_model(bundle: Bundle, items: Sequence[tuple[Path, str]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(logits [N, C], embeddings [N, D], labels) of the readable photos among `items`."""
-    from carid.inference import OnnxBackend, prepare_image
+    from carid.runtime.predictor import OnnxBackend, prepare_image
 
     spec = bundle.metadata.preprocess_spec()
     backend = OnnxBackend(bundle.model_path, bundle.metadata.input_name, providers=["CPUExecutionProvider"])

@@ -24,8 +24,6 @@ Imports NumPy and Pillow only (slim install).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -34,15 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from carid.bundle import EMBEDDING, METADATA_FILE, Bundle, BundleMetadata, write_metadata
+from carid.artifacts.bundle import EMBEDDING, METADATA_FILE, Bundle, BundleMetadata, write_metadata
 from carid.enroll.space import EmbeddingSpace, ScoreCalibration, prototype_sum, prototypes
+from carid.errors import CaridError
+from carid.files import write_atomic
 
 ENROLMENT_FILE = "enrolment.npz"
 MAX_LABEL_LENGTH = 200
 _ARRAYS = ("mean", "projection", "sums", "counts")
 
 
-class EnrolError(ValueError):
+class EnrolError(CaridError, ValueError):
     """An enrolment that cannot be done as asked; the message names the file or label and the problem."""
 
 
@@ -191,15 +191,7 @@ def save_enrolment(bundle: Bundle, enrolment: Enrolment) -> Bundle:
         "counts": enrolment._counts(),
     }
     path = bundle.path / ENROLMENT_FILE
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=bundle.path)
-    os.close(handle)
-    try:
-        np.savez(temporary, **arrays)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda stream: np.savez(stream, **arrays))
     metadata = replace(bundle.metadata, enrolment=enrolment.metadata_field())
     metadata = BundleMetadata.from_dict(metadata.to_dict(), source=f"{bundle.metadata_path} (enrolment)")
     write_metadata(bundle.path, metadata)
@@ -272,7 +264,7 @@ def embed_photos(
 
     The same file twice (same bytes) is used once. Runs the bundle's ONNX model.
     """
-    from carid.inference import OnnxBackend, prepare_image
+    from carid.runtime.predictor import OnnxBackend, prepare_image
 
     if EMBEDDING not in bundle.metadata.output_names:
         raise EnrolError(

@@ -37,7 +37,9 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from carid.reporting import data_uri, figure_png, render_page, write_atomic
+from carid.errors import CaridError
+from carid.files import write_atomic
+from carid.reporting import data_uri, figure_png, render_page
 from carid.training.plots import epoch_metrics
 
 COMPARE_TEMPLATE = "compare.html"
@@ -50,7 +52,7 @@ NARROW_COLUMNS = frozenset(
 )
 
 
-class CompareError(ValueError):
+class CompareError(CaridError, ValueError):
     """A path that is not a run folder, or nothing to compare; the message names the path."""
 
 

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from carid import __version__
-from carid.bundle import (
+from carid.artifacts.bundle import (
     BOX,
     ENSEMBLE_FILE,
     LOGITS,
@@ -96,7 +96,6 @@ from carid.bundle import (
     BundleMetadata,
     read_folder_json,
     update_calibration,
-    write_json_atomic,
 )
 from carid.data.samples import Problem, Sample
 from carid.evaluation.calibration import (
@@ -119,7 +118,8 @@ from carid.evaluation.scoring import (
     is_run_dir,
     open_score_source,
 )
-from carid.inference import (
+from carid.files import write_json
+from carid.runtime.predictor import (
     RUN_CHECKPOINT,
     RUN_EXPORT_DIR,
     ImageInput,
@@ -783,7 +783,7 @@ def is_ensemble_dir(path: Path | str) -> bool:
 def write_ensemble_metadata(folder: Path | str, metadata: EnsembleMetadata) -> Path:
     """Write `folder/ensemble.json` atomically; returns its path."""
     path = Path(folder) / ENSEMBLE_FILE
-    write_json_atomic(path, metadata.to_dict())
+    write_json(path, metadata.to_dict())
     return path
 
 
@@ -793,7 +793,7 @@ def update_ensemble_calibration(
     unknown_threshold: float | EllipsisType | None = ...,
     calibration: dict[str, Any] | None = None,
 ) -> Ensemble:
-    """Set an ensemble's temperature and/or unknown threshold (as `carid.bundle.update_calibration`
+    """Set an ensemble's temperature and/or unknown threshold (as `carid.artifacts.bundle.update_calibration`
     does for a bundle). temperature None keeps it; unknown_threshold ... keeps it, None removes it.
     calibration: the fit record to store beside them."""
     ensemble = Ensemble.load(path)
@@ -871,7 +871,7 @@ class EnsemblePredictor(Predictor):
         tta: str = "none",
     ) -> EnsemblePredictor:
         """Load the ensemble folder and a `Predictor` per member (ONNX Runtime with "auto"); tta
-        is each member's (`carid.tta`)."""
+        is each member's (`carid.runtime.tta`)."""
         ensemble = Ensemble.load(path)
         members = [
             Predictor.load(
@@ -1859,7 +1859,7 @@ def evaluate_ensemble(
     and inside the ensemble), which keeps this a plain reuse of `evaluate`.
     """
     from carid.evaluation.evaluate import evaluate
-    from carid.reporting import write_atomic, write_json
+    from carid.files import write_atomic, write_json
 
     try:
         loaded = Ensemble.load(ensemble)
@@ -2028,7 +2028,7 @@ def calibrate_model(
     it; the threshold is the smallest top-1 probability whose answers reach `target_precision` on
     the temperature-scaled probabilities (`fit_val_calibration`); it is stored only when it reaches
     the target (else the stored threshold is kept and the summary says why). set_threshold False
-    stores the temperature only. Written atomically with `carid.bundle.update_calibration` (or
+    stores the temperature only. Written atomically with `carid.artifacts.bundle.update_calibration` (or
     `update_ensemble_calibration`).
     """
     from carid.evaluation.evaluate import fit_val_calibration, load_evaluation_data, load_run_config

@@ -79,8 +79,8 @@ from carid.evaluation.scoring import (
     resolve_model,
     target_boxes,
 )
-from carid.reporting import write_atomic, write_json
-from carid.tta import TtaError, check_mode
+from carid.files import write_atomic, write_json
+from carid.runtime.tta import TtaError, check_mode
 
 log = logging.getLogger(__name__)
 
@@ -587,7 +587,7 @@ def evaluate(
     unknown_threshold: report coverage / accuracy when answering "unknown" below this top-1
         probability (the model's own probabilities, no temperature).
     device, batch_size, num_workers: PyTorch scoring; backend: the bundle predictor's backend.
-    tta: "none" or "hflip" (score each photo and its mirror image and average; `carid.tta`).
+    tta: "none" or "hflip" (score each photo and its mirror image and average; `carid.runtime.tta`).
     Raises EvaluationError (a ValueError) for anything the user can fix, naming the path or value.
     """
     started = time.perf_counter()

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 
 from carid.data.samples import Problem, Sample
 from carid.evaluation.metrics import EvaluationResult
+from carid.files import write_atomic
 from carid.reporting import (
     REPORT_NAME,
     ReportFigure,
@@ -45,7 +46,6 @@ from carid.reporting import (
     draw_boxes,
     jpeg_bytes,
     render_page,
-    write_atomic,
     write_figures,
 )
 from carid.taxonomy import Taxonomy

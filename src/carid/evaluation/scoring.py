@@ -10,13 +10,13 @@ to this protocol, so a PyTorch checkpoint and an exported ONNX bundle are evalua
   the checkpoint's own `PreprocessSpec` (exactly what training validated on). Batches come from
   `CarDataset`, whose per-image `Geometry` maps the predicted boxes back to photo pixels.
 - `BundleScoreSource`: an exported bundle (a folder with model.json + model.onnx), scored through
-  `carid.inference.Predictor`: the predictor's own image preparation and backend (ONNX Runtime by
+  `carid.runtime.predictor.Predictor`: the predictor's own image preparation and backend (ONNX Runtime by
   default), raw logits from the network, probabilities with the bundle's temperature applied.
 - `carid.evaluation.ensemble.EnsembleScoreSource`: an ensemble folder (ensemble.json + member
   bundles): each member scored as a bundle, probabilities combined; its "logits" are the log of the
   combined probabilities, so a temperature fitted on them is absolute too.
 
-Each source takes `tta="hflip"` (`carid.tta`): every image and its mirror image are scored and
+Each source takes `tta="hflip"` (`carid.runtime.tta`): every image and its mirror image are scored and
 the outputs averaged (boxes mirrored back first), on the same backend.
 
 Probabilities are what the model gives its users: softmax(logits) for a checkpoint,
@@ -46,6 +46,7 @@ import numpy as np
 
 from carid import boxes as box_math
 from carid.data.samples import Problem, Sample, Severity
+from carid.errors import CaridError
 from carid.evaluation.calibration import apply_temperature
 from carid.taxonomy import Taxonomy, parse_car_name
 
@@ -54,12 +55,14 @@ if TYPE_CHECKING:
 
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-BUNDLE_METADATA = "model.json"  # `carid.bundle.METADATA_FILE`; the ONNX file it names sits beside it
-ENSEMBLE_METADATA = "ensemble.json"  # `carid.bundle.ENSEMBLE_FILE`; member bundles in members/
+BUNDLE_METADATA = (
+    "model.json"  # `carid.artifacts.bundle.METADATA_FILE`; the ONNX file it names sits beside it
+)
+ENSEMBLE_METADATA = "ensemble.json"  # `carid.artifacts.bundle.ENSEMBLE_FILE`; member bundles in members/
 MAX_LISTED_LABELS = 8
 
 
-class EvaluationError(ValueError):
+class EvaluationError(CaridError, ValueError):
     """A model path, data or setting that cannot be evaluated; the message says what to change."""
 
 
@@ -269,7 +272,7 @@ def open_score_source(
     """The score source of a run folder, a checkpoint, a bundle or an ensemble (see `resolve_model`).
 
     backend: for bundles (and an ensemble's members), the `Predictor` backend ("onnx" or "torch";
-    None = "auto", ONNX Runtime). tta: "none" or "hflip" (`carid.tta`: each photo and its mirror
+    None = "auto", ONNX Runtime). tta: "none" or "hflip" (`carid.runtime.tta`: each photo and its mirror
     image are scored and averaged).
     """
     location = path if isinstance(path, ModelLocation) else resolve_model(path)
@@ -399,7 +402,7 @@ def target_boxes(samples: Sequence[Sample], original_sizes: np.ndarray) -> tuple
     The one target box of an image is the one training uses (`select_target_box`: the largest after
     clipping to the photo), so evaluation scores what the box head learned to predict.
     """
-    from carid.data.datamodule import select_target_box
+    from carid.training.datamodule import select_target_box
 
     boxes = np.full((len(samples), 4), np.nan, dtype=np.float64)
     for row, sample in enumerate(samples):
@@ -440,7 +443,7 @@ class _ScoringDataset:
     def __getitem__(self, position: int) -> dict[str, Any]:
         import torch
 
-        from carid.data.images import ImageError
+        from carid.images import ImageError
         from carid.preprocess import Geometry
 
         try:
@@ -493,9 +496,9 @@ class TorchScoreSource:
     ) -> None:
         import torch
 
-        from carid.inference import TorchBackend
+        from carid.runtime.predictor import TorchBackend
+        from carid.runtime.tta import with_tta
         from carid.training.module import load_for_inference
-        from carid.tta import with_tta
 
         self.checkpoint = Path(checkpoint)
         if device == "auto":
@@ -549,7 +552,7 @@ class TorchScoreSource:
         through the (TTA-wrapped) torch backend."""
         import torch
 
-        from carid.bundle import BOX, LOGITS
+        from carid.artifacts.bundle import BOX, LOGITS
 
         outputs = self.backend.run(images.numpy())  # type: ignore[attr-defined]
         box = outputs.get(BOX) if self.with_box else None
@@ -559,9 +562,9 @@ class TorchScoreSource:
         """Score `samples` in order; see `Scores`."""
         from torch.utils.data import DataLoader
 
-        from carid.data.datamodule import CarDataset
-        from carid.data.transforms import build_eval_transform
         from carid.preprocess import Geometry
+        from carid.training.datamodule import CarDataset
+        from carid.training.transforms import build_eval_transform
 
         samples = list(samples)
         count = len(samples)
@@ -616,24 +619,26 @@ def _taxonomy_of(
 
 
 # ----------------------------------------------------------------------------------------------
-# Exported bundles (carid.inference.Predictor)
+# Exported bundles (carid.runtime.predictor.Predictor)
 
 
 def _inference() -> Any:
-    """The `carid.inference` module, or EvaluationError when it cannot be imported."""
+    """The `carid.runtime.predictor` module, or EvaluationError when it cannot be imported."""
     try:
-        import carid.inference as inference
+        import carid.runtime.predictor as inference
     except ImportError as exc:
         raise EvaluationError(
-            f"evaluating a model bundle needs carid.inference, which cannot be imported ({exc})"
+            f"evaluating a model bundle needs carid.runtime.predictor, which cannot be imported ({exc})"
         ) from exc
     if not hasattr(inference, "Predictor"):
-        raise EvaluationError("evaluating a model bundle needs carid.inference.Predictor, which is missing")
+        raise EvaluationError(
+            "evaluating a model bundle needs carid.runtime.predictor.Predictor, which is missing"
+        )
     return inference
 
 
 class BundleScoreSource:
-    """An exported bundle scored through `carid.inference.Predictor`.
+    """An exported bundle scored through `carid.runtime.predictor.Predictor`.
 
     The predictor is loaded with `Predictor.load(bundle, backend=...)` (ONNX Runtime by default;
     "torch" runs the bundle's source checkpoint). Each image goes through the predictor's own
@@ -685,7 +690,7 @@ class BundleScoreSource:
         }
 
     def score(self, samples: Sequence[Sample], progress: bool = False) -> Scores:
-        from carid.bundle import BOX, LOGITS
+        from carid.artifacts.bundle import BOX, LOGITS
 
         samples = list(samples)
         count, num_classes = len(samples), len(self.class_names)

@@ -50,8 +50,9 @@ import yaml
 
 from carid import __version__
 from carid.config import Config, ConfigError, from_dict, load_config, read_yaml, set_dotted, to_dict
+from carid.errors import CaridError
 from carid.evaluation.compare import CompareError, ComparisonResult, compare_runs
-from carid.reporting import write_json
+from carid.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ SWEEP_FILE_KEYS = frozenset({"base", "name", "metric", "set", "sweep"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class SweepError(ValueError):
+class SweepError(CaridError, ValueError):
     """A grid, sweep file or sweep folder that cannot be used; the message names the key or file."""
 
 

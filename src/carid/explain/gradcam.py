@@ -370,7 +370,7 @@ def gradcam_overlay(
     """For the web page: (overlay, longer side `max_side` px + caption band; `GradCamResult.to_dict()`).
 
     network + metadata: a CarNet and its ModelMetadata, or a plain classifier and a ClassifierInfo.
-    image: the uploaded photo, decoded (`carid.data.images.load_rgb`, EXIF rotation applied: its
+    image: the uploaded photo, decoded (`carid.images.load_rgb`, EXIF rotation applied: its
     pixels are the original frame) or as file bytes. Use `overlay.png_bytes` for a PNG response.
     """
     model = resolve_model(network, metadata)

@@ -20,11 +20,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from carid.errors import CaridError
 from carid.models.network import CarNet, CarNetOutput
 from carid.preprocess import DecodedImage, Geometry, PreprocessSpec, load_image, preprocess
 
 
-class ExplainError(ValueError):
+class ExplainError(CaridError, ValueError):
     """An explanation that cannot be made as asked (unknown class or layer, no box head, ...); the
     message says what is wrong and what would work."""
 
@@ -163,7 +164,7 @@ def prepare_photo(
 ) -> Photo:
     """Read (files: reduced-size JPEG decode when exact enough) and preprocess one photo.
 
-    Raises `carid.data.images.ImageError` naming the file when it cannot be read.
+    Raises `carid.images.ImageError` naming the file when it cannot be read.
     """
     if isinstance(source, Image.Image):
         decoded = DecodedImage(image=source.convert("RGB"), original_size=source.size)

@@ -13,8 +13,6 @@ alike.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from carid import boxes as box_math
+from carid.files import write_atomic
 from carid.preprocess import Geometry
 
 OVERLAY_MAX_SIDE = 384
@@ -194,15 +193,4 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def save_png(image: Image.Image, path: Path) -> Path:
     """Write the image as a PNG atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(png_bytes(image))
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; pictures are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, png_bytes(image))

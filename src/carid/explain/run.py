@@ -16,7 +16,6 @@ from typing import Any
 
 from torch import nn
 
-from carid.data.images import ImageError
 from carid.explain.gradcam import compute_gradcam, render_gradcam
 from carid.explain.model import (
     ExplainedModel,
@@ -28,6 +27,7 @@ from carid.explain.model import (
 )
 from carid.explain.overlay import save_png
 from carid.explain.shap_explain import DEFAULT_SHAP_EVALS, DEFAULT_TOP_K, compute_shap, render_shap
+from carid.images import ImageError
 
 METHODS = ("gradcam", "shap")
 

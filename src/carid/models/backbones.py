@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from carid.config import ModelConfig
+from carid.errors import CaridError
 from carid.models.scratch import SCRATCH_MODELS
 from carid.models.weights import OFFLINE_WEIGHTS, WeightsError, load_offline_weights
 
@@ -46,7 +47,7 @@ SUGGESTED_BACKBONES: tuple[str, ...] = (
 )
 
 
-class BackboneError(ValueError):
+class BackboneError(CaridError, ValueError):
     """A backbone that cannot be built (unknown name, bad arguments, weights unavailable)."""
 
 

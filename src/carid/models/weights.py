@@ -24,8 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from carid.errors import CaridError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(CaridError, RuntimeError):
     """Pretrained weights cannot be provided or do not fit the model; the message says why and what to do."""
 
 

@@ -24,7 +24,7 @@ Inference runs in the thread pool (`run_in_threadpool`), at most `inference_slot
 (default 1: ONNX Runtime already uses every core for one image, so the server never asks for more
 CPU than there is; docs/serve.md has the measurements); up to `max_waiting` requests queue behind
 them, beyond that the answer is 503.
-Like `carid.inference`, this module imports without torch; the Grad-CAM explainer
+Like `carid.runtime.predictor`, this module imports without torch; the Grad-CAM explainer
 (`carid.explain`) is imported only when the torch backend is loaded.
 """
 
@@ -53,7 +53,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carid import __version__
-from carid.inference import BACKENDS, ROLL_UP_LEVELS, Prediction, Predictor
+from carid.errors import CaridError
+from carid.runtime.predictor import BACKENDS, ROLL_UP_LEVELS, Prediction, Predictor
+from carid.runtime.tta import TTA_MODES
 from carid.serve.limits import (
     DEFAULT_MAX_PIXELS,
     MEGABYTE,
@@ -70,7 +72,6 @@ from carid.serve.limits import (
     read_limited,
     upload_name,
 )
-from carid.tta import TTA_MODES
 
 log = logging.getLogger("carid.serve")
 
@@ -96,7 +97,7 @@ _HTTP_CODES = {
 _INTERNAL_MESSAGE = "the server failed to handle this request; the error is logged on the server"
 
 
-class ServeError(ValueError):
+class ServeError(CaridError, ValueError):
     """A server that cannot start as asked (bad setting, port in use); the message says what to change."""
 
 
@@ -112,7 +113,7 @@ class ServeSettings:
     backend: "auto", "onnx" or "torch" (`Predictor.load`); threads: inference threads (None: the
         runtime's default, every core).
     tta: "none" or "hflip" (each upload and its mirror image are scored and averaged, at twice
-        the inference time; `carid.tta`).
+        the inference time; `carid.runtime.tta`).
     max_upload_mb: largest photo accepted, in MiB; max_pixels: largest width x height accepted.
     top_k: classes listed when a request does not say; max_top_k: the most a request may ask.
     inference_slots: inferences run at once per process; max_waiting: requests that may queue

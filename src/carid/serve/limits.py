@@ -7,7 +7,7 @@
 
 The type is decided from the file's first bytes (magic numbers) and then Pillow's reading of the
 header, never from the client's Content-Type or file name. The pixel count comes from the header
-alone (`carid.data.images.probe_image(decode=False)`), so a 30000 x 30000 PNG of a few hundred bytes
+alone (`carid.images.probe_image(decode=False)`), so a 30000 x 30000 PNG of a few hundred bytes
 is refused before a single row is decoded. Full decoding (and so the detection of a truncated file)
 happens once, in the predictor; the API maps its decode errors to 422.
 
@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from starlette.exceptions import HTTPException
 
-from carid.data.images import ImageError, probe_image
+from carid.errors import CaridError
+from carid.images import ImageError, probe_image
 
 MEGABYTE = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 10 * MEGABYTE
@@ -70,7 +71,7 @@ _KNOWN_OTHER: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
 )
 
 
-class ApiError(Exception):
+class ApiError(CaridError):
     """An error answer of the API: HTTP status, a stable machine-readable code and a message."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

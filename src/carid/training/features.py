@@ -39,8 +39,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from carid.data.datamodule import CarDataModule, CarDataset, seed_worker_transform
+from carid.files import write_atomic
 from carid.models.network import CarNet
+from carid.training.datamodule import CarDataModule, CarDataset, seed_worker_transform
 
 CACHE_VERSION = 1
 FIELDS = ("features", "label", "box", "has_box", "index")
@@ -237,10 +238,8 @@ def build_feature_cache(
                         )
                     )
             cached[split] = _concat(parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        torch.save({"version": CACHE_VERSION, "key": key, "splits": cached}, tmp)
-        os.replace(tmp, path)
+        payload = {"version": CACHE_VERSION, "key": key, "splits": cached}
+        write_atomic(path, lambda stream: torch.save(payload, stream))
     maps = [tensors[MAP_FIELD] for tensors in cached.values() if MAP_FIELD in tensors]
     info = FeatureCache(
         path=path,

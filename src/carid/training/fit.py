@@ -68,13 +68,14 @@ from carid.config import (
     save_config,
     to_dict,
 )
-from carid.data.datamodule import CarDataModule, sample_label
 from carid.data.samples import SampleTable
 from carid.data.split import load_split, save_split, splits_of
+from carid.files import write_atomic, write_json
 from carid.preprocess import INTERPOLATIONS, PreprocessSpec
-from carid.reporting import figure_png, write_atomic, write_json
+from carid.reporting import figure_png
 from carid.taxonomy import Taxonomy
 from carid.training.callbacks import StagedUnfreezing
+from carid.training.datamodule import CarDataModule, sample_label
 from carid.training.module import CarModule, ModelMetadata
 from carid.training.plots import epoch_metrics, plot_curves
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from carid.files import write_atomic
 
 # (panel title, y label, metric names drawn in it, fixed y range or None)
 PANELS: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None], ...] = (
@@ -84,11 +85,8 @@ def plot_curves(metrics_csv: Path | str, out_png: Path | str, title: str | None 
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.name + ".tmp")
-    figure.savefig(tmp, format="png", dpi=100)
+    write_atomic(out_png, lambda stream: figure.savefig(stream, format="png", dpi=100))
     plt.close(figure)
-    os.replace(tmp, out_png)
     return out_png
 
 

@@ -23,7 +23,7 @@ What happens to one URL (each way it can end is an `Outcome` in the manifest):
    ``max_bytes`` is cut, and the first bytes must carry an image signature (JPEG, PNG, GIF, WEBP,
    BMP, TIFF, ...), so an HTML page served as image/jpeg is stopped after its first chunk. The
    Content-Type header is recorded but not trusted either way.
-5. The bytes are decoded fully with `carid.data.images.probe_image` (truncated or corrupt pixel
+5. The bytes are decoded fully with `carid.images.probe_image` (truncated or corrupt pixel
    data is ``broken_image``), the format must be accepted and the shorter side at least
    ``min_side``.
 6. Same bytes (sha256) as an image already stored: ``duplicate``, stored once, with the first
@@ -67,15 +67,16 @@ from carid.data.collect.manifest import (
     count_outcomes,
     read_manifest,
     url_file_stem,
-    write_json_atomic,
 )
 from carid.data.collect.sources import Candidate, SourceError, detect_source, get_source, search_all
-from carid.data.images import ImageError, probe_image
 from carid.data.samples import Problem, Severity
+from carid.files import write_atomic, write_json
+from carid.images import ImageError, probe_image
 
 DEFAULT_USER_AGENT = f"carid/{__version__} (image collector for a car-recognition dataset; python-httpx)"
 ACCEPT = "image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+PART_SUFFIX = ".part"  # temporary downloads end so; `_remove_partial_files` deletes leftovers
 SNIFF_BYTES = 12  # enough for every signature below (WEBP needs 12)
 
 # Pillow format -> file extension of the stored file.
@@ -253,26 +254,6 @@ def interleave_by_host(items: Sequence[_JobLike]) -> list[_JobLike]:
         if index + 1 < len(queue):
             turns.append((queue, index + 1))
     return result
-
-
-def write_file_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write `data` to a hidden ``.<name>.<pid>.part`` beside `path`, fsync, rename over `path`.
-
-    A crash or Ctrl-C leaves either the old state or the whole file, never half of it; the hidden
-    temporary name is skipped by the folder reader and removed by the next collection run.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _now() -> str:
@@ -673,7 +654,9 @@ class _Engine:
         ):  # cannot happen with safe names; belt and braces
             raise CollectError(f"refusing to write {target}: outside {self.out_dir}")
         self.sha_index[digest] = (relative, job.url, job.label)  # claimed before the await: no race
-        write = asyncio.ensure_future(asyncio.to_thread(write_file_atomic, target, data, config.fsync))
+        write = asyncio.ensure_future(
+            asyncio.to_thread(write_atomic, target, data, config.fsync, PART_SUFFIX)
+        )
         try:
             try:
                 await asyncio.shield(write)
@@ -973,7 +956,7 @@ def collect_images(
         interrupted=interrupted,
         seconds=time.monotonic() - started,
     )
-    write_json_atomic(summary.to_dict(), out_dir / SUMMARY_NAME)
+    write_json(out_dir / SUMMARY_NAME, summary.to_dict(), fsync=True)
     return summary
 
 

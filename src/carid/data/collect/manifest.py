@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from carid.data.samples import Problem, Severity
+from carid.errors import CaridError
 
 try:  # POSIX only; elsewhere the manifest simply is not locked
     import fcntl
@@ -40,7 +41,7 @@ SUMMARY_NAME = "summary.json"
 PENDING = "pending"  # summary-only state: in the input, not attempted yet (interrupted, --max-new)
 
 
-class CollectError(ValueError):
+class CollectError(CaridError, ValueError):
     """The collection folder cannot be used (not a folder, locked by another run): user-fixable."""
 
 
@@ -312,18 +313,6 @@ class ManifestWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
-    """Write JSON to a temporary name, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 # --- the summary ----------------------------------------------------------------------------

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from carid.data.samples import Problem, Severity
+from carid.errors import CaridError
 
 ENTRY_POINT_GROUP = "carid.sources"
 
 
-class SourceError(ValueError):
+class SourceError(CaridError, ValueError):
     """A source cannot be found, built or read (unknown name, missing file, no header): user-fixable."""
 
 

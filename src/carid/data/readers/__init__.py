@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Protocol
 
 from carid.data.samples import SampleTable
+from carid.errors import CaridError
 
 
-class DatasetError(ValueError):
+class DatasetError(CaridError, ValueError):
     """The path cannot be read as a dataset (of the requested format); the message says why."""
 
 

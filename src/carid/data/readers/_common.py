@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from carid import boxes as box_ops
-from carid.data.images import is_image_file
 from carid.data.samples import Problem, Severity
+from carid.images import is_image_file
 
 # Split folder / file names (any case) -> carid's split name.
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}

@@ -20,10 +20,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from carid.data.images import is_image_file
 from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import SPLIT_NAMES, relative_path
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.images import is_image_file
 
 FORMAT = "folder"
 SNIFF_FOLDER_LIMIT = 20  # folders looked into by `sniff` before giving up

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from carid.data.images import is_image_file
 from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import (
     SPLIT_NAMES,
@@ -42,6 +41,7 @@ from carid.data.readers._common import (
     relative_path,
 )
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.images import is_image_file
 
 FORMAT = "stanford"
 TRAIN_MAT = "cars_train_annos.mat"

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from carid.data.images import ImageError, probe_image
 from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import csv_header, list_images, list_subfolders, relative_path
 from carid.data.readers.stanford import BOX_FIELDS, locate_devkit, read_stanford_annotations
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.images import ImageError, probe_image
 
 FORMAT = "stanford-crops"
 CROP_LABELS = "labels.csv"

@@ -27,7 +27,6 @@ import numpy as np
 import yaml
 
 from carid import boxes as box_ops
-from carid.data.images import ImageError, is_image_file, probe_image
 from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import (
     SPLIT_NAMES,
@@ -39,6 +38,7 @@ from carid.data.readers._common import (
     relative_path,
 )
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.images import ImageError, is_image_file, probe_image
 
 FORMAT = "yolo"
 YAML_FILES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")

@@ -14,7 +14,7 @@ on its own preprocessing and combines their probabilities). A bundle's enrolled 
 `carid.enroll.store`) are scored from the embedding output and follow the trained classes. backend="auto"
 picks ONNX Runtime for bundles and PyTorch for checkpoints; backend="torch" on a bundle runs the
 bundle's source checkpoint with the bundle's calibration (to compare the two backends).
-tta="hflip" also scores each photo's mirror image and averages the two (`carid.tta`; for an
+tta="hflip" also scores each photo's mirror image and averages the two (`carid.runtime.tta`; for an
 ensemble, each member does).
 
 This module imports without torch (the slim install: numpy, Pillow, onnxruntime); torch is imported
@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from carid import boxes as box_math
-from carid.bundle import (
+from carid.artifacts.bundle import (
     BOX,
     EMBEDDING,
     ENSEMBLE_FILE,
@@ -49,14 +49,15 @@ from carid.bundle import (
     BundleError,
     BundleMetadata,
 )
-from carid.data.images import ImageError, to_rgb
+from carid.errors import CaridError
 from carid.evaluation.calibration import apply_temperature, apply_unknown
+from carid.images import ImageError, to_rgb
 from carid.preprocess import Geometry, PreprocessSpec, load_image, preprocess
 
 if TYPE_CHECKING:
     from carid.enroll.store import Enrolment
+from carid.runtime.tta import TtaError, check_mode, tta_of, with_tta
 from carid.taxonomy import Taxonomy, roll_up
-from carid.tta import TtaError, check_mode, tta_of, with_tta
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ TORCH_MISSING = (
 ImageInput = str | Path | bytes | Image.Image
 
 
-class PredictorError(ValueError):
+class PredictorError(CaridError, ValueError):
     """A model that cannot be loaded or run as asked; the message names the path and the problem."""
 
 
@@ -483,7 +484,7 @@ class Predictor:
         device: torch device for the torch backend.
         enrolled: answer with the bundle's enrolled classes too (`carid enroll`); False: the trained
             classes only.
-        tta: "none" or "hflip" (score the mirror image too and average; `carid.tta`).
+        tta: "none" or "hflip" (score the mirror image too and average; `carid.runtime.tta`).
         Raises PredictorError / BundleError naming the path and the problem.
         """
         if backend not in BACKENDS:
@@ -842,7 +843,7 @@ class Predictor:
 
     @property
     def tta(self) -> str:
-        """The test-time augmentation applied ("none" or "hflip"; `carid.tta`)."""
+        """The test-time augmentation applied ("none" or "hflip"; `carid.runtime.tta`)."""
         return tta_of(self.backend)
 
     @property

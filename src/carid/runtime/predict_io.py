@@ -12,7 +12,7 @@ timing columns are milliseconds; error is empty unless the image could not be us
 JSON: {"format": "carid.predictions", "version": 1, "model": Predictor.info(), "predictions":
 [Prediction.to_dict(), ...]}.
 
-Like `carid.inference`, this module imports without torch.
+Like `carid.runtime.predictor`, this module imports without torch.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import csv
 import glob
 import io
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,9 +29,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from carid.bundle import write_json_atomic
-from carid.data.images import IMAGE_SUFFIXES, ImageError, is_image_file, load_rgb
-from carid.inference import LevelScore, Prediction, Predictor
+from carid.errors import CaridError
+from carid.files import write_atomic, write_json
+from carid.images import IMAGE_SUFFIXES, ImageError, is_image_file, load_rgb
+from carid.runtime.predictor import LevelScore, Prediction, Predictor
 
 PREDICTIONS_FORMAT = "carid.predictions"
 PREDICTIONS_VERSION = 1
@@ -65,7 +65,7 @@ BOX_COLOUR = (255, 200, 0)
 UNKNOWN_COLOUR = (255, 80, 80)
 
 
-class InputError(ValueError):
+class InputError(CaridError, ValueError):
     """Inputs or outputs of `carid predict` that cannot be used; the message names the path."""
 
 
@@ -158,7 +158,7 @@ def write_predictions(
     if suffix not in OUTPUT_SUFFIXES:
         raise InputError(f"--out {path}: expected a .csv or .json file name")
     if suffix == ".json":
-        write_json_atomic(
+        write_json(
             path,
             {
                 "format": PREDICTIONS_FORMAT,
@@ -172,21 +172,8 @@ def write_predictions(
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(prediction_row(prediction) for prediction in predictions)
-    _write_text_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # --- annotated copies ---------------------------------------------------------------------------------
@@ -311,7 +298,7 @@ def run_predict(
 ) -> PredictRun:
     """Load the model, gather the photos, predict in batches (with a progress bar), write results.
 
-    tta: "none" or "hflip" (`carid.tta`: each photo and its mirror image, averaged).
+    tta: "none" or "hflip" (`carid.runtime.tta`: each photo and its mirror image, averaged).
 
     Raises InputError (paths, output name), PredictorError / BundleError (the model).
     """

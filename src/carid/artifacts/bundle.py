@@ -1,6 +1,6 @@
 """The model bundle format: a folder with `model.onnx` and `model.json`, read and written here.
 
-`carid export` writes a bundle; `carid.inference.Predictor` (and `carid serve`) read one. Everything
+`carid export` writes a bundle; `carid.runtime.predictor.Predictor` (and `carid serve`) read one. Everything
 the predictor needs besides the ONNX graph is in `model.json`, so a bundle predicts without the
 training config, the checkpoint or torch:
 
@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +49,8 @@ from types import EllipsisType
 from typing import Any
 
 from carid import __version__
+from carid.errors import CaridError
+from carid.files import write_json
 from carid.preprocess import PreprocessSpec
 from carid.taxonomy import LEVELS, Taxonomy
 
@@ -66,7 +66,7 @@ LOGITS, BOX, EMBEDDING = "logits", "box", "embedding"
 _REQUIRED = ("format", "version", "class_names", "preprocess", "with_box", "input_name", "output_names")
 
 
-class BundleError(ValueError):
+class BundleError(CaridError, ValueError):
     """A bundle that cannot be used; the message names the file (and field) and the problem."""
 
 
@@ -361,7 +361,7 @@ class Bundle:
 def write_metadata(folder: Path | str, metadata: BundleMetadata) -> Path:
     """Write `folder/model.json` atomically (temporary file, then rename); returns its path."""
     path = Path(folder) / METADATA_FILE
-    write_json_atomic(path, metadata.to_dict())
+    write_json(path, metadata.to_dict())
     return path
 
 
@@ -406,18 +406,3 @@ def update_calibration(
     metadata = BundleMetadata.from_dict(metadata.to_dict(), source=f"{bundle.metadata_path} (update)")
     write_metadata(bundle.path, metadata)
     return Bundle(bundle.path, metadata)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON (UTF-8, indented) to `path` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
-        os.chmod(temporary, 0o644)  # mkstemp makes the file private; a bundle is meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -1,4 +1,5 @@
-"""Tests for carid.bundle: model.json round trip, validation naming the field, calibration updates."""
+"""Tests for carid.artifacts.bundle: model.json round trip, validation naming the field, calibration
+updates."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from carid.bundle import (
+from carid.artifacts.bundle import (
     BUNDLE_FORMAT,
     METADATA_FILE,
     MODEL_FILE,
@@ -195,7 +196,7 @@ def test_imports_without_torch() -> None:
         "import sys\n"
         "for name in ('torch', 'torchvision', 'lightning', 'timm', 'albumentations', 'onnx'):\n"
         "    sys.modules[name] = None\n"
-        "import carid.bundle\n"
+        "import carid.artifacts.bundle\n"
         "loaded = [n for n in ('torch', 'lightning', 'timm') if sys.modules.get(n) is not None]\n"
         "assert not loaded, loaded\n"
     )

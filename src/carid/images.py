@@ -15,13 +15,15 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from carid.errors import CaridError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
 # Decompression-bomb guard: anything above this many pixels is refused (about 16k x 16k).
 MAX_PIXELS = 268_435_456
 
 
-class ImageError(ValueError):
+class ImageError(CaridError, ValueError):
     """An image that cannot be used, with the file and the reason in the message."""
 
     def __init__(self, path: Path | str, kind: str, reason: str) -> None:

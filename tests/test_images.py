@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from carid.data.images import ImageError, load_rgb, probe_image
+from carid.images import ImageError, load_rgb, probe_image
 from tests.conftest import write_image
 
 

@@ -41,11 +41,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from carid import boxes as box_math
 from carid.config import AugmentConfig, TrainConfig
-from carid.data.images import ImageError
 from carid.data.samples import Sample, SampleTable
-from carid.data.transforms import build_eval_transform, build_train_transform
+from carid.images import ImageError
 from carid.preprocess import PreprocessSpec, compute_geometry, load_image
 from carid.preprocess import decode_min_side as network_decode_min_side
+from carid.training.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ LabelOf = Callable[[Sample], str | None]
 
 
 class ImageTransform(Protocol):
-    """A `carid.data.transforms` transform: (RGB image, xyxy boxes) -> (float32 [3,H,W], normalized boxes)."""
+    """A `carid.training.transforms` transform: (RGB image, xyxy boxes) -> (float32 [3,H,W],
+    normalized boxes)."""
 
     spec: PreprocessSpec
     deterministic: bool
@@ -106,7 +107,7 @@ def seed_worker_transform(worker_id: int) -> None:
 class CarDataset(Dataset):
     """Items for a list of samples; see the module docstring for the keys.
 
-    samples: the images; class_index: class name -> index; transform: from `carid.data.transforms`.
+    samples: the images; class_index: class name -> index; transform: from `carid.training.transforms`.
     label_of: maps a sample to its class name (e.g. a taxonomy level) or None (unlabeled).
     indices: what each item reports as "index" (default: the position in `samples`).
     decode_min_side: shorter side to keep when decoding (default: the network input side; 0 = full).

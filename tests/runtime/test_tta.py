@@ -1,4 +1,4 @@
-"""Tests for carid.tta: the mirror-image average, on stub backends whose outputs the test chooses,
+"""Tests for carid.runtime.tta: the mirror-image average, on stub backends whose outputs the test chooses,
 and through `Predictor` (boxes back in photo pixels)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from carid.inference import Predictor, PredictorError
 from carid.preprocess import PreprocessSpec
-from carid.tta import FlipBackend, TtaError, check_mode, mirror_boxes, tta_of, with_tta
-from tests.test_inference import StubBackend, stub_predictor
+from carid.runtime.predictor import Predictor, PredictorError
+from carid.runtime.tta import FlipBackend, TtaError, check_mode, mirror_boxes, tta_of, with_tta
+from tests.runtime.test_predictor import StubBackend, stub_predictor
 
 LEFT_BOX = (0.1, 0.2, 0.3, 0.6)  # normalized xyxy in the network input; its mirror is (0.7, 0.2, 0.9, 0.6)
 

@@ -1,4 +1,4 @@
-"""Tests for carid.data.datamodule on a tiny synthetic dataset the tests write (12 JPEGs, 3 classes)."""
+"""Tests for carid.training.datamodule on a tiny synthetic dataset the tests write (12 JPEGs, 3 classes)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from PIL import Image
 
 from carid import preprocess as prep
 from carid.config import AugmentConfig, TrainConfig
-from carid.data.datamodule import CarDataModule, CarDataset, select_target_box
-from carid.data.images import ImageError
 from carid.data.samples import Problem, Sample, SampleTable
-from carid.data.transforms import build_eval_transform, build_train_transform
+from carid.images import ImageError
 from carid.preprocess import Geometry, PreprocessSpec
+from carid.training.datamodule import CarDataModule, CarDataset, select_target_box
+from carid.training.transforms import build_eval_transform, build_train_transform
 
 CLASSES = ["audi", "bmw", "fiat"]
 SPEC = PreprocessSpec(image_size=(48, 64), resize_mode="letterbox")
@@ -198,7 +198,7 @@ def test_bad_image_is_skipped_in_training_and_named_elsewhere(
     table.samples[3].path.write_bytes(b"this is not a jpeg")
     table.samples[10].path.write_bytes(b"neither is this")
     data = module(table, batch_size=8)
-    with caplog.at_level(logging.WARNING, logger="carid.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="carid.training.datamodule"):
         (batch,) = list(data.train_dataloader())
     assert 3 not in batch["index"].tolist() and len(batch["index"]) == 6  # sample 4 stood in for it
     assert "car_03.jpg" in caplog.text
@@ -211,7 +211,7 @@ def test_samples_with_errors_or_without_split_are_left_out(
 ) -> None:
     table.samples[0] = table.samples[0].with_(split=None)
     table.add_problems([Problem("unreadable_image", "broken", "x", path=str(table.samples[2].path))])
-    with caplog.at_level(logging.WARNING, logger="carid.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="carid.training.datamodule"):
         data = module(table)
     assert data.positions["train"] == [1, 3, 4, 5]
     assert "1 sample(s) have no split" in caplog.text
@@ -264,7 +264,7 @@ def test_loaders_with_two_workers_match_and_reproduce(table: SampleTable) -> Non
 def test_each_worker_draws_its_own_augmentations(table: SampleTable) -> None:
     from torch.utils.data import DataLoader
 
-    from carid.data.datamodule import seed_worker_transform
+    from carid.training.datamodule import seed_worker_transform
 
     same_photo = [table.samples[2], table.samples[2]]
     dataset = CarDataset(

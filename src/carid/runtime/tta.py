@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from carid.bundle import BOX
+from carid.artifacts.bundle import BOX
+from carid.errors import CaridError
 
 TTA_MODES: tuple[str, ...] = ("none", "hflip")
 
 
-class TtaError(ValueError):
+class TtaError(CaridError, ValueError):
     """An unknown TTA mode (the message names it and the known ones)."""
 
 

@@ -171,7 +171,7 @@ class TrainTransform:
     The letterbox border is never colour-jittered: it stays exactly `pad_value`, as in prediction.
 
     seed: seeds albumentations' generators; `set_seed` reseeds them (DataLoader workers do, see
-    `carid.data.datamodule`). A draw that loses a box (rotation can push one out) is redrawn up to
+    `carid.training.datamodule`). A draw that loses a box (rotation can push one out) is redrawn up to
     `MAX_DRAWS` times, then the image is used unaugmented.
     """
 

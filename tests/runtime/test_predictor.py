@@ -1,4 +1,4 @@
-"""Tests for carid.inference: Predictor and Prediction.
+"""Tests for carid.runtime.predictor: Predictor and Prediction.
 
 Most tests run the Predictor on a stub backend whose outputs the test chooses, so boxes,
 temperature, the unknown threshold and the taxonomy roll-up are checked against figures derived
@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carid.bundle import METADATA_FILE, BundleMetadata, update_calibration
-from carid.inference import (
+from carid.artifacts.bundle import METADATA_FILE, BundleMetadata, update_calibration
+from carid.preprocess import PreprocessSpec, load_and_preprocess
+from carid.runtime.predictor import (
     UNKNOWN_LABEL,
     LevelScore,
     Prediction,
     Predictor,
     PredictorError,
 )
-from carid.preprocess import PreprocessSpec, load_and_preprocess
 from carid.taxonomy import Taxonomy
 from tests.conftest import write_image
 
@@ -333,8 +333,8 @@ def test_imports_without_torch(tmp_path: Path) -> None:
         "import sys\n"
         "for name in ('torch', 'torchvision', 'lightning', 'timm', 'albumentations', 'onnx'):\n"
         "    sys.modules[name] = None\n"
-        "import carid.inference, carid.predict_io\n"
-        "from carid.inference import Predictor, PredictorError\n"
+        "import carid.runtime.predictor, carid.runtime.predict_io\n"
+        "from carid.runtime.predictor import Predictor, PredictorError\n"
         "try:\n"
         f"    Predictor.load({str(checkpoint)!r})\n"
         "except PredictorError as exc:\n"
@@ -457,7 +457,7 @@ def test_bundle_predicts_with_torch_blocked(trained: tuple[Path, Path, list[Path
         "import sys, json\n"
         "for name in ('torch', 'torchvision', 'lightning', 'timm', 'onnx'):\n"
         "    sys.modules[name] = None\n"
-        "from carid.inference import Predictor\n"
+        "from carid.runtime.predictor import Predictor\n"
         f"results = Predictor.load({str(bundle)!r}).predict({[str(p) for p in photos[:3]]!r})\n"
         "print(json.dumps([r.label for r in results]))\n"
     )

@@ -1,4 +1,4 @@
-"""Tests for carid.predict_io: gathering photos, CSV/JSON outputs, annotated copies, the whole run."""
+"""Tests for carid.runtime.predict_io: gathering photos, CSV/JSON outputs, annotated copies, the whole run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carid.predict_io import (
+from carid.runtime.predict_io import (
     BOX_COLOUR,
     CSV_COLUMNS,
     PREDICTIONS_FORMAT,
@@ -24,7 +24,7 @@ from carid.predict_io import (
     write_predictions,
 )
 from tests.conftest import write_image
-from tests.test_inference import CAR_CLASSES, stub_predictor
+from tests.runtime.test_predictor import CAR_CLASSES, stub_predictor
 
 
 def test_gather_folders_globs_and_files(tmp_path: Path) -> None:

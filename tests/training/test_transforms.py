@@ -1,4 +1,4 @@
-"""Tests for carid.data.transforms: eval == preprocess, boxes follow the pixels through augmentation."""
+"""Tests for carid.training.transforms: eval == preprocess, boxes follow the pixels through augmentation."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from PIL import Image
 
 from carid import preprocess as prep
 from carid.config import AugmentConfig
-from carid.data.transforms import (
+from carid.preprocess import PreprocessSpec
+from carid.training.transforms import (
     BoxSafeRandomCrop,
     EvalTransform,
     TrainTransform,
     build_eval_transform,
     build_train_transform,
 )
-from carid.preprocess import PreprocessSpec
 
 RECT = (41, 23, 131, 87)  # xyxy pixels of the white rectangle in the 203 x 117 synthetic image
 # Only geometric augmentation, so the white rectangle stays white and can be found in the output.

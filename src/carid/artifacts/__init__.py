@@ -1,0 +1,1 @@
+"""The files carid writes and reads back: model bundles, ensembles, enrolments and run folders."""
