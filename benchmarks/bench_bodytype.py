@@ -41,9 +41,11 @@ from carid import __version__
 from carid.config import Config, load_config
 from carid.data.inspect import inspect_dataset
 from carid.data.split import load_split
-from carid.evaluation.calibration import apply_temperature
-from carid.evaluation.metrics import EvaluationResult, evaluate_predictions
+from carid.evaluation.metric_records import EvaluationResult
+from carid.evaluation.metrics import evaluate_predictions
 from carid.files import write_json
+from carid.models.checkpoint import load_for_inference
+from carid.runtime.calibration import apply_temperature
 from carid.taxonomy import Taxonomy, roll_up
 from carid.training.features import (
     CACHE_VERSION,
@@ -52,8 +54,8 @@ from carid.training.features import (
     cache_key,
     extract_features,
 )
-from carid.training.fit import build_model, prepare_labels, train
-from carid.training.module import load_for_inference
+from carid.training.fit import build_model, train
+from carid.training.run_data import prepare_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "stanford-cars-crops"

@@ -12,7 +12,7 @@
    enrolment pool (1, 5 and 10 photos are its first 1, 5, 10), the rest are the queries. The
    classes are enrolled into the bundle's embedding space (fitted by `carid export` on the known
    run's training photos, calibrated on its validation photos) and scored exactly as `Predictor`
-   does (`carid.enroll.store.Enrolment.scores` appended to the trained logits), on
+   does (`carid.artifacts.enrolment.Enrolment.scores` appended to the trained logits), on
      - "new among new": queries of the held-out classes, the answer among the new classes only;
      - "new among all": the same queries, the answer among all 196 classes (trained + enrolled);
      - "known": the known classes' test photos, top-1 over all 196 after enrolment, against
@@ -47,12 +47,14 @@ import numpy as np
 
 from carid import __version__
 from carid.artifacts.bundle import EMBEDDING, LOGITS, Bundle
+from carid.artifacts.enrolment import require_enrolment
 from carid.config import load_config
 from carid.data.split import load_split
-from carid.enroll.space import EmbeddingSpace, ScoreCalibration, fit_calibration, prototype_sum, prototypes
-from carid.enroll.store import enroll, require_enrolment
+from carid.embedding import EmbeddingSpace, ScoreCalibration, fit_calibration, prototype_sum, prototypes
+from carid.enroll.store import enroll
 from carid.files import write_json
-from carid.runtime.predictor import Predictor, prepare_image
+from carid.runtime.inputs import prepare_image
+from carid.runtime.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "stanford-cars-crops"

@@ -30,24 +30,17 @@ from typing import Any
 import numpy as np
 
 from carid import __version__
-from carid.evaluation.calibration import apply_temperature, fit_temperature
-from carid.evaluation.ensemble import (
-    MODES,
-    class_columns,
-    combine_boxes,
-    combine_probabilities,
-    fit_ensemble,
-    format_table,
-    probabilities_to_logits,
-    resolve_member,
-    run_split_csv,
-    score_fit_data,
-    summarize,
-    unique_member_names,
-)
-from carid.evaluation.evaluate import load_run_config, read_evaluation_source
+from carid.artifacts.ensemble import MODES, class_columns
+from carid.artifacts.run_dir import run_split_csv
+from carid.evaluation.calibration import fit_temperature
+from carid.evaluation.comparison import format_table, summarize
+from carid.evaluation.ensemble import resolve_member, score_fit_data, unique_member_names
+from carid.evaluation.ensemble_fit import fit_ensemble
+from carid.evaluation.evaluation_data import load_run_config, read_evaluation_source
 from carid.evaluation.metrics import calibration_stats
-from carid.evaluation.scoring import BundleScoreSource
+from carid.evaluation.sources import BundleScoreSource
+from carid.runtime.calibration import apply_temperature
+from carid.runtime.ensemble import combine_boxes, combine_probabilities, probabilities_to_logits
 
 DEFAULT_LOG = Path(__file__).resolve().parent / "logs" / "ensemble.json"
 

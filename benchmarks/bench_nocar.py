@@ -2,7 +2,7 @@
 frames with a car from frames without one?
 
 car-frames: 384 roadside frames (676 x 380); 284 have at least one car box in boxes.csv, 100 none.
-Every frame is scored once per grid (`carid.data.nocar.ImageNetCarScorer`, EfficientNet-Lite0 with
+Every frame is scored once per grid (`carid.models.nocar.ImageNetCarScorer`, EfficientNet-Lite0 with
 offline ImageNet weights): the whole frame, and the whole frame plus each grid's tiles (score = the
 largest car probability over the views). "Flag as no car" when score < threshold; the positive
 class is a frame without a car, so
@@ -33,8 +33,8 @@ import numpy as np
 
 from carid import __version__
 from carid.config import CurateConfig
-from carid.data.nocar import ImageNetCarScorer, view_count
 from carid.data.readers import read_dataset
+from carid.models.nocar import ImageNetCarScorer, view_count
 
 DEFAULT_DATA = Path("../shared/datasets/car-frames")
 DEFAULT_LOG = Path(__file__).resolve().parent / "logs" / "nocar" / "nocar.json"

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from carid import __version__
-from carid.runtime.predictor import Predictor, prepare_image
+from carid.runtime.inputs import prepare_image
+from carid.runtime.predictor import Predictor
 
 DEFAULT_DATA = Path("../shared/datasets/stanford-cars-crops/images")
 DEFAULT_LOG = Path(__file__).resolve().parent / "logs" / "predict-speed.json"

@@ -17,9 +17,9 @@ import torch
 import yaml
 
 from carid.artifacts.bundle import METADATA_FILE, MODEL_FILE, Bundle
+from carid.artifacts.enrolment import ENROLMENT_FILE
 from carid.config import Config, from_dict
 from carid.data.split import load_split
-from carid.enroll.store import ENROLMENT_FILE
 from carid.export import (
     ExportError,
     ParityError,
@@ -29,7 +29,7 @@ from carid.export import (
     parity_candidates,
     resolve_checkpoint,
 )
-from carid.runtime.predictor import OnnxBackend, TorchBackend, file_sha256
+from carid.runtime.backends import OnnxBackend, TorchBackend, file_sha256
 from carid.training.fit import train
 from tests.conftest import write_image
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from carid.cli import app
 from carid.config import Config, from_dict
 from carid.pipeline import answer_text, quickstart_config, run_main_job
-from carid.runtime.predictor import ClassScore, Prediction
+from carid.runtime.results import ClassScore, Prediction
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 
 

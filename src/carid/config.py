@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
 
 from carid.errors import CaridError
 
@@ -114,6 +115,42 @@ def _on_off(value: Any) -> Any:
     return value
 
 
+# model.box_input names a box head of the registry in carid.models.heads (`register_box_head`). This
+# module is torch-free, so the config is validated against the registry's NAMES kept here: the built-in
+# heads (the registry checks on import that it defines exactly these) plus every head registered since.
+BUILTIN_BOX_INPUTS: tuple[str, ...] = ("map", "pooled", "cells")
+_box_inputs: list[str] = list(BUILTIN_BOX_INPUTS)
+
+
+def box_input_names() -> tuple[str, ...]:
+    """The values model.box_input accepts: the registered box heads, built-in ones first."""
+    return tuple(_box_inputs)
+
+
+def add_box_input(name: str) -> None:
+    """Accept `name` as a model.box_input (called by `carid.models.heads.register_box_head`)."""
+    if name not in _box_inputs:
+        _box_inputs.append(name)
+
+
+def remove_box_input(name: str) -> None:
+    """Stop accepting `name` (called by `unregister_box_head`); the built-in names stay."""
+    if name in BUILTIN_BOX_INPUTS:
+        raise ValueError(f"box head {name!r} is built in and cannot be removed")
+    if name in _box_inputs:
+        _box_inputs.remove(name)
+
+
+def _known_box_input(value: Any) -> Any:
+    """Validate model.box_input with the error a Literal of the registered names gives."""
+    names = box_input_names()
+    if isinstance(value, str) and value in names:
+        return value
+    quoted = [repr(name) for name in names]
+    expected = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: a backbone by name plus a class head and (with boxes) a box head.
@@ -129,10 +166,11 @@ class ModelConfig:
         study used 512).
     dropout: dropout before the class layer.
     box_head: "auto" (when the dataset has boxes), "on" or "off".
-    box_input: what the box head reads: "map" (the backbone's last feature map [B, C, h, w]: 1x1 conv
-        to box_channels, flatten, MLP; keeps where things are) or "pooled" (the pooled embedding
-        [B, D], as the class head; weak at localizing) or "cells" (the feature map, a convolutional
-        head whose cells each propose a box and a score; the score-weighted mean is the box).
+    box_input: the box head, by its registered name (`carid.models.heads.register_box_head`); built
+        in: "map" (the backbone's last feature map [B, C, h, w]: 1x1 conv to box_channels, flatten,
+        MLP; keeps where things are) or "pooled" (the pooled embedding [B, D], as the class head;
+        weak at localizing) or "cells" (the feature map, a convolutional head whose cells each
+        propose a box and a score; the score-weighted mean is the box).
     box_channels: channels of the "map" / "cells" box head's convolutions.
     box_hidden: hidden units of the box head MLP (0 = a single linear layer).
     box_refine: looks of a second box stage (0 = off): it samples the feature map over a window
@@ -154,7 +192,7 @@ class ModelConfig:
     hidden: int = 0
     dropout: float = 0.2
     box_head: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
-    box_input: Literal["map", "pooled", "cells"] = "map"
+    box_input: Annotated[str, BeforeValidator(_known_box_input)] = "map"
     box_channels: int = 64
     box_hidden: int = 256
     box_refine: int = 0

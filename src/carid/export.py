@@ -52,21 +52,15 @@ from carid.artifacts.bundle import (
     BundleMetadata,
     write_metadata,
 )
+from carid.artifacts.run_dir import BEST_CHECKPOINT, CHECKPOINT_DIR, EXPORT_DIR, SPLIT_FILE
 from carid.enroll.prepare import DEFAULT_SPACE_IMAGES, prepare_enrolment
 from carid.errors import CaridError
-from carid.evaluation.calibration import apply_temperature
 from carid.images import is_image_file
 from carid.models.network import CarNet
 from carid.preprocess import PreprocessSpec
-from carid.runtime.predictor import (
-    RUN_CHECKPOINT,
-    RUN_EXPORT_DIR,
-    OnnxBackend,
-    PreparedImage,
-    TorchBackend,
-    file_sha256,
-    prepare_image,
-)
+from carid.runtime.backends import OnnxBackend, TorchBackend, file_sha256
+from carid.runtime.calibration import apply_temperature
+from carid.runtime.inputs import PreparedImage, prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +293,7 @@ def parity_candidates(run_dir: Path | None, parity_data: Path | None, count: int
         if not paths:
             raise ExportError(f"--parity-data {folder}: no image files in it")
         return _spread(paths, count), str(folder)
-    split_csv = None if run_dir is None else run_dir / "split.csv"
+    split_csv = None if run_dir is None else run_dir / SPLIT_FILE
     if split_csv is None or not split_csv.is_file():
         raise ExportError(
             "no photos for the parity check: the checkpoint is not in a run folder with a split.csv; "
@@ -423,23 +417,23 @@ def resolve_checkpoint(source: Path | str) -> tuple[Path, Path | None]:
     if not source.exists():
         raise ExportError(f"{source}: no such file or folder")
     if source.is_dir():
-        checkpoint = source / RUN_CHECKPOINT
+        checkpoint = source / BEST_CHECKPOINT
         if not checkpoint.is_file():
-            raise ExportError(f"{source}: not a run folder (no {RUN_CHECKPOINT.as_posix()})")
+            raise ExportError(f"{source}: not a run folder (no {BEST_CHECKPOINT.as_posix()})")
         return checkpoint, source
     if source.suffix != ".ckpt":
         raise ExportError(f"{source}: expected a run folder or a .ckpt checkpoint")
     parent = source.parent
-    run_dir = parent.parent if parent.name == RUN_CHECKPOINT.parent.name else None
+    run_dir = parent.parent if parent.name == CHECKPOINT_DIR else None
     return source, run_dir
 
 
 def default_bundle_dir(checkpoint: Path, run_dir: Path | None) -> Path:
     """RUN/export for a run's best checkpoint (where `Predictor.load(RUN)` looks), else
     `<checkpoint folder>/<checkpoint stem>-export`."""
-    if run_dir is not None and checkpoint.resolve() == (run_dir / RUN_CHECKPOINT).resolve():
-        return run_dir / RUN_EXPORT_DIR
-    return checkpoint.parent / f"{checkpoint.stem}-{RUN_EXPORT_DIR}"
+    if run_dir is not None and checkpoint.resolve() == (run_dir / BEST_CHECKPOINT).resolve():
+        return run_dir / EXPORT_DIR
+    return checkpoint.parent / f"{checkpoint.stem}-{EXPORT_DIR}"
 
 
 def export_bundle(
@@ -543,11 +537,11 @@ def _prepare_enrolment(staging: Path, run_dir: Path | None, images: int, tell: C
     if images <= 0:
         tell("enrolment space skipped (--enrol-images 0): the bundle cannot take new classes")
         return
-    split = None if run_dir is None else run_dir / "split.csv"
+    split = None if run_dir is None else run_dir / SPLIT_FILE
     if split is None or not split.is_file():
         tell("enrolment space skipped: no run split.csv to fit it on (export a run folder to get one)")
         return
-    from carid.evaluation.evaluate import load_run_config, trained_splits
+    from carid.evaluation.evaluation_data import load_run_config, trained_splits
 
     val_trained = "val" in trained_splits(load_run_config(run_dir))
     try:

@@ -21,7 +21,7 @@ from rich.console import Console
 from carid.config import Config, load_config
 
 if TYPE_CHECKING:
-    from carid.runtime.predictor import Prediction
+    from carid.runtime.results import Prediction
 
 QUICKSTART = "quickstart.yaml"
 PREDICT_EXAMPLES = 5

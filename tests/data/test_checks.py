@@ -1,4 +1,4 @@
-"""Tests for carid.data.checks (and the fingerprinting in carid.data.hashing) on images the tests write."""
+"""Tests for carid.data.checks (and the CheckReport it returns) on images the tests write."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from rich.console import Console
 
 from carid.config import CheckConfig
 from carid.data import hashing
-from carid.data.checks import CheckReport, run_checks
+from carid.data.check_report import CheckReport
+from carid.data.checks import run_checks
 from carid.data.samples import Problem, Sample, SampleTable, Severity
 from tests.conftest import shared_dataset
 
@@ -330,37 +331,6 @@ def test_a_path_listed_in_two_splits_with_two_labels(tmp_path, image_factory):
         and "'a' (row 1)" in conflict.message
         and "'b' (row 2)" in conflict.message
     )
-
-
-def test_close_pairs_matches_a_python_reference():
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 2**63, size=40, dtype=np.uint64)
-    flips = np.uint64(1) << rng.integers(0, 64, size=(40, 3)).astype(np.uint64)
-    near = base ^ flips[:, 0] ^ flips[:, 1] ^ flips[:, 2]  # each within 3 bits of its base
-    hashes = np.concatenate([base, near])
-    for distance in (0, 3, 20):
-        pairs, distances = hashing.close_pairs(hashes, distance)
-        expected = [
-            (i, j, bin(int(hashes[i]) ^ int(hashes[j])).count("1"))
-            for i in range(len(hashes))
-            for j in range(i + 1, len(hashes))
-            if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= distance
-        ]
-        assert [(i, j, d) for (i, j), d in zip(pairs.tolist(), distances.tolist(), strict=True)] == expected
-
-
-def test_close_pairs_spans_blocks(monkeypatch):
-    monkeypatch.setattr(hashing, "HAMMING_BLOCK", 3)
-    hashes = np.array([5, 99, 7, 1 << 40, 5, 12345, 7], dtype=np.uint64)
-    pairs, _ = hashing.close_pairs(hashes, 0)
-    assert pairs.tolist() == [[0, 4], [2, 6]]
-
-
-def test_popcount_fallback_agrees_with_numpy(monkeypatch):
-    values = np.random.default_rng(1).integers(0, 2**63, size=(5, 7), dtype=np.uint64)
-    fast = hashing.popcount64(values)
-    monkeypatch.delattr(np, "bitwise_count", raising=False)
-    np.testing.assert_array_equal(hashing.popcount64(values), fast)
 
 
 # --- the report -------------------------------------------------------------------------------------------

@@ -14,18 +14,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from carid.artifacts.bundle import Bundle, BundleMetadata, write_metadata
+from carid.artifacts.enrolment import ENROLMENT_FILE, EnrolError, load_enrolment, require_enrolment
 from carid.cli import app
-from carid.enroll.store import (
-    ENROLMENT_FILE,
-    EnrolError,
-    enroll,
-    listing,
-    load_enrolment,
-    remove,
-    require_enrolment,
-)
-from carid.evaluation.calibration import apply_temperature
-from carid.runtime.predictor import Predictor, PredictorError, prepare_image, with_enrolled_classes
+from carid.enroll.store import enroll, listing, remove
+from carid.runtime.backends import PredictorError
+from carid.runtime.calibration import apply_temperature
+from carid.runtime.inputs import prepare_image
+from carid.runtime.predictor import Predictor, with_enrolled_classes
 from carid.serve.api import ServeSettings, build_app
 from carid.taxonomy import Taxonomy
 from tests.conftest import write_image

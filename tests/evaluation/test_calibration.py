@@ -9,15 +9,9 @@ import pytest
 from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 
-from carid.evaluation.calibration import (
-    UNKNOWN_INDEX,
-    apply_temperature,
-    apply_unknown,
-    choose_unknown_threshold,
-    fit_temperature,
-    temperature_nll,
-)
+from carid.evaluation.calibration import choose_unknown_threshold, fit_temperature, temperature_nll
 from carid.evaluation.metrics import rejection_stats
+from carid.runtime.calibration import UNKNOWN_INDEX, apply_temperature, apply_unknown
 
 
 def _calibrated_logits(num_samples: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ from carid.evaluation.compare import (
     metric_mode,
     summarize_run,
 )
+from carid.models.checkpoint import load_for_inference
 from carid.training.fit import train
-from carid.training.module import load_for_inference
 from carid.training.plots import epoch_metrics
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 

@@ -19,37 +19,35 @@ import numpy as np
 import pytest
 
 from carid.artifacts.bundle import METADATA_FILE, Bundle, update_calibration
-from carid.config import Config, from_dict, save_config
-from carid.data.samples import Sample, SampleTable
-from carid.data.split import save_split
-from carid.evaluation.calibration import apply_temperature
-from carid.evaluation.ensemble import (
+from carid.artifacts.ensemble import (
     ENSEMBLE_FORMAT,
-    EXPERT_SMOOTHING,
     Ensemble,
     EnsembleError,
     EnsembleMetadata,
-    EnsemblePredictor,
-    EnsembleScoreSource,
-    MemberSource,
-    build_ensemble,
-    calibrate_model,
     class_columns,
-    combine_boxes,
-    combine_probabilities,
-    evaluate_ensemble,
-    expert_weights,
-    fit_ensemble,
-    fit_mixture_weights,
-    probabilities_to_logits,
-    resolve_member,
-    training_overlap_notes,
     update_ensemble_calibration,
     weight_matrix,
 )
+from carid.artifacts.run_dir import locate
+from carid.config import Config, from_dict, save_config
+from carid.data.samples import Sample, SampleTable
+from carid.data.split import save_split
+from carid.evaluation.calibrate import calibrate_model
+from carid.evaluation.comparison import evaluate_ensemble
+from carid.evaluation.ensemble import MemberSource, build_ensemble, resolve_member, training_overlap_notes
+from carid.evaluation.ensemble_fit import EXPERT_SMOOTHING, expert_weights, fit_ensemble, fit_mixture_weights
 from carid.evaluation.metrics import top_k_accuracy
-from carid.evaluation.scoring import open_score_source, resolve_model
-from carid.runtime.predictor import Prediction, Predictor, PredictorError
+from carid.evaluation.sources import EnsembleScoreSource, open_score_source
+from carid.runtime.backends import PredictorError
+from carid.runtime.calibration import apply_temperature
+from carid.runtime.ensemble import (
+    EnsemblePredictor,
+    combine_boxes,
+    combine_probabilities,
+    probabilities_to_logits,
+)
+from carid.runtime.predictor import Predictor
+from carid.runtime.results import Prediction
 
 # --- combination math on synthetic probabilities ---------------------------------------------------
 
@@ -333,7 +331,7 @@ def test_score_source_and_evaluate_accept_an_ensemble(members: tuple[Path, Path]
     assert weights.shape == (2, 3)
     np.testing.assert_allclose(weights.sum(axis=0), 1.0)
 
-    assert resolve_model(ensemble_dir).kind == "ensemble"
+    assert locate(ensemble_dir).kind == "ensemble"
     source = open_score_source(ensemble_dir)
     assert isinstance(source, EnsembleScoreSource)
     samples = [s for s in load_split(first / "split.csv").samples if s.split == "test"]

@@ -12,22 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from carid.artifacts.run_dir import locate
 from carid.config import Config, from_dict
 from carid.data.samples import Sample, SampleTable
 from carid.data.split import load_split
 from carid.evaluation.calibration import TEMPERATURE_BOUNDS
-from carid.evaluation.evaluate import (
-    EvaluationError,
-    default_out_dir,
-    evaluate,
-    is_split_csv,
-    load_evaluation_data,
-    load_run_config,
-)
-from carid.evaluation.scoring import resolve_model
+from carid.evaluation.evaluate import EvaluationError, default_out_dir, evaluate
+from carid.evaluation.evaluation_data import is_split_csv, load_evaluation_data, load_run_config
+from carid.models.checkpoint import load_for_inference
 from carid.preprocess import load_and_preprocess
 from carid.training.fit import train
-from carid.training.module import load_for_inference
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 
 
@@ -157,7 +151,7 @@ def test_scores_on_the_val_split_of_a_refit_run_are_flagged(tiny_run: Path, capl
 
 
 def test_the_data_rules(tiny_run: Path, tmp_path: Path) -> None:
-    location = resolve_model(tiny_run)
+    location = locate(tiny_run)
     split_csv = tiny_run / "split.csv"
     assert is_split_csv(split_csv) and not is_split_csv(tiny_run / "config.yaml")
     counts = {name: sum(s.split == name for s in load_split(split_csv).samples) for name in ("val", "test")}
@@ -188,7 +182,7 @@ def test_the_data_rules(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_default_output_folders(tiny_run: Path) -> None:
-    location = resolve_model(tiny_run)
+    location = locate(tiny_run)
     assert default_out_dir(location, "test", None) == location.run_dir / "evaluation" / "test"
     cars = default_out_dir(location, "all", Path("/data/cars"))
     assert cars == location.run_dir / "evaluation" / "cars-all"

@@ -9,21 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from carid.artifacts.run_dir import locate
 from carid.config import Config, from_dict
 from carid.data.samples import Sample, Severity
 from carid.data.split import load_split
-from carid.evaluation.scoring import (
-    EvaluationError,
-    ScoreSource,
-    TorchScoreSource,
-    align_labels,
-    open_score_source,
-    resolve_model,
-    target_boxes,
-)
+from carid.evaluation.scoring import EvaluationError, ScoreSource, align_labels, target_boxes
+from carid.evaluation.sources import TorchScoreSource, open_score_source
+from carid.models.checkpoint import load_for_inference
 from carid.preprocess import load_and_preprocess
 from carid.training.fit import train
-from carid.training.module import load_for_inference
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 
 
@@ -36,34 +30,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(config, progress=False).run_dir
 
 
-def test_resolve_model_finds_the_checkpoint_of_a_run_and_the_run_of_a_checkpoint(tiny_run: Path) -> None:
-    from_run = resolve_model(tiny_run)
+def test_locate_finds_the_checkpoint_of_a_run_and_the_run_of_a_checkpoint(tiny_run: Path) -> None:
+    from_run = locate(tiny_run)
     assert from_run.kind == "checkpoint"
     assert from_run.path == (tiny_run / "checkpoints" / "best.ckpt").resolve()
     assert from_run.run_dir == tiny_run.resolve()
 
-    from_file = resolve_model(tiny_run / "checkpoints" / "last.ckpt")
+    from_file = locate(tiny_run / "checkpoints" / "last.ckpt")
     assert from_file.path.name == "last.ckpt"
     assert from_file.run_dir == tiny_run.resolve()
-
-
-def test_resolve_model_recognises_bundles_and_rejects_other_paths(tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "model.json").write_text("{}", encoding="utf-8")
-    assert resolve_model(bundle).kind == "bundle"
-    assert resolve_model(bundle / "model.json").path == bundle.resolve()
-
-    with pytest.raises(EvaluationError, match="no such file"):
-        resolve_model(tmp_path / "missing")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(EvaluationError, match=r"empty: not a run folder"):
-        resolve_model(empty)
-    text = tmp_path / "notes.txt"
-    text.write_text("x", encoding="utf-8")
-    with pytest.raises(EvaluationError, match=r"notes\.txt: not a model"):
-        resolve_model(text)
 
 
 def test_torch_scores_equal_a_hand_made_forward_pass(tiny_run: Path) -> None:

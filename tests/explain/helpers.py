@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from carid.artifacts.checkpoint import ModelMetadata
 from carid.config import ModelConfig
 from carid.explain import ClassifierInfo, ExplainedModel
 from carid.models.network import CarNet, build_network
 from carid.preprocess import PreprocessSpec
-from carid.training.module import ModelMetadata
 
 CLASS_NAMES = ("Audi TTS Coupe 2012", "Ford Fiesta Sedan 2012", "Volvo 240 Sedan 1993")
 

@@ -1,24 +1,32 @@
 """ClassHead, BoxHead, SpatialBoxHead, CellBoxHead and RefinedBoxHead: shapes, layers, and boxes
-that are always valid normalized xyxy."""
+that are always valid normalized xyxy; the box-head registry and its contract."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from carid.config import BUILTIN_BOX_INPUTS, ConfigError, ModelConfig, box_input_names, load_config
 from carid.models.heads import (
     BoxHead,
+    BoxHeadBase,
     CellBoxHead,
     ClassHead,
     RefinedBoxHead,
     SpatialBoxHead,
+    box_head_names,
+    box_head_type,
     box_windows,
+    create_box_head,
     decode_box,
     jitter_windows,
+    register_box_head,
     sample_windows,
+    unregister_box_head,
 )
 
 
@@ -254,3 +262,88 @@ def test_refined_head_learns_a_box_the_first_guess_misses():
 def test_refined_head_rejects_bad_settings():
     with pytest.raises(ValueError, match="expand"):
         RefinedBoxHead(SpatialBoxHead(4, (2, 2)), 4, expand=0.5)
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+def test_the_built_in_box_heads_are_registered_with_their_contract():
+    assert box_head_names() == BUILTIN_BOX_INPUTS == ("map", "pooled", "cells")
+    assert box_input_names()[:3] == BUILTIN_BOX_INPUTS
+    kinds = {name: box_head_type(name) for name in box_head_names()}
+    assert kinds == {"map": SpatialBoxHead, "pooled": BoxHead, "cells": CellBoxHead}
+    assert {name: kind.reads_feature_map for name, kind in kinds.items()} == {
+        "map": True,
+        "pooled": False,
+        "cells": True,
+    }
+    assert not any(kind.refines_from_true_boxes for kind in kinds.values())
+    assert RefinedBoxHead.refines_from_true_boxes and RefinedBoxHead.reads_feature_map
+    refined = RefinedBoxHead(SpatialBoxHead(4, (2, 2)), 4, detail=True)
+    assert refined.reads_detail and not refined.first.reads_detail
+    with pytest.raises(NotImplementedError, match="does not refine"):
+        BoxHead(4).stages(torch.zeros(1, 4))
+
+
+def test_create_box_head_builds_from_the_backbone_and_config():
+    backbone = SimpleNamespace(
+        num_features=16, feature_channels=12, feature_map_size=lambda size: (size // 32,) * 2
+    )
+    config = ModelConfig(image_size=96, box_channels=5, box_hidden=7)
+    spatial = create_box_head("map", backbone, config)
+    assert isinstance(spatial, SpatialBoxHead) and spatial.grid == (3, 3)
+    assert spatial.reduce[0].in_channels == 12 and spatial.reduce[0].out_channels == 5
+    pooled = create_box_head("pooled", backbone, config)
+    assert isinstance(pooled, BoxHead) and pooled.hidden[0].in_features == 16
+    cells = create_box_head("cells", backbone, config)
+    assert isinstance(cells, CellBoxHead) and cells.out.in_channels == 5
+
+
+def test_an_unknown_box_head_names_the_known_ones():
+    with pytest.raises(
+        ValueError, match=r"unknown box head 'nope' \(model.box_input\); known: 'map', 'pooled', 'cells'"
+    ):
+        create_box_head("nope", SimpleNamespace(), ModelConfig())
+    with pytest.raises(ConfigError, match=r"model\.box_input: Input should be 'map', 'pooled' or 'cells'"):
+        load_config(overrides=["model.box_input=nope"])
+
+
+def test_registering_checks_the_name_and_the_contract():
+    with pytest.raises(ValueError, match="'map' is already registered"):
+
+        @register_box_head("map")
+        class Again(BoxHead):
+            pass
+
+    with pytest.raises(ValueError, match="must declare reads_feature_map"):
+
+        @register_box_head("test-undeclared")
+        class Undeclared(BoxHeadBase):
+            @classmethod
+            def from_config(cls, backbone, config):
+                return cls()
+
+    with pytest.raises(ValueError, match="must define from_config"):
+
+        @register_box_head("test-unbuildable")
+        class Unbuildable(BoxHeadBase):
+            reads_feature_map = True
+
+    assert box_head_names() == BUILTIN_BOX_INPUTS and box_input_names() == BUILTIN_BOX_INPUTS
+
+
+def test_a_registered_name_is_a_valid_config_value_until_unregistered():
+    @register_box_head("test-registered")
+    class Registered(BoxHead):
+        pass
+
+    try:
+        assert box_head_type("test-registered") is Registered
+        assert load_config(overrides=["model.box_input=test-registered"]).model.box_input == "test-registered"
+    finally:
+        unregister_box_head("test-registered")
+    assert "test-registered" not in box_head_names() and "test-registered" not in box_input_names()
+    with pytest.raises(ConfigError, match=r"model\.box_input"):
+        load_config(overrides=["model.box_input=test-registered"])
+    with pytest.raises(ValueError, match="built in"):
+        unregister_box_head("map")

@@ -24,13 +24,9 @@ from PIL import Image
 
 from carid.artifacts.bundle import METADATA_FILE, BundleMetadata, update_calibration
 from carid.preprocess import PreprocessSpec, load_and_preprocess
-from carid.runtime.predictor import (
-    UNKNOWN_LABEL,
-    LevelScore,
-    Prediction,
-    Predictor,
-    PredictorError,
-)
+from carid.runtime.backends import PredictorError
+from carid.runtime.predictor import Predictor
+from carid.runtime.results import UNKNOWN_LABEL, LevelScore, Prediction
 from carid.taxonomy import Taxonomy
 from tests.conftest import write_image
 

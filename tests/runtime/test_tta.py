@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from carid.preprocess import PreprocessSpec
-from carid.runtime.predictor import Predictor, PredictorError
+from carid.runtime.backends import PredictorError
+from carid.runtime.predictor import Predictor
 from carid.runtime.tta import FlipBackend, TtaError, check_mode, mirror_boxes, tta_of, with_tta
 from tests.runtime.test_predictor import StubBackend, stub_predictor
 

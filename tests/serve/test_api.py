@@ -542,7 +542,7 @@ def test_explain_without_torch_backend_says_why(client: TestClient, tmp_path: Pa
 def test_explain_with_the_torch_backend(tmp_path: Path) -> None:
     pytest.importorskip("pytorch_grad_cam")
     from carid.artifacts.bundle import BundleMetadata
-    from carid.runtime.predictor import TorchBackend
+    from carid.runtime.backends import TorchBackend
     from tests.explain.helpers import tiny_metadata, tiny_network
 
     network = tiny_network()

@@ -7,10 +7,11 @@ from dataclasses import replace
 import torch
 from torch.utils.data import Dataset
 
+from carid.artifacts.checkpoint import ModelMetadata
 from carid.config import ModelConfig, TrainConfig
 from carid.models.network import CarNet, build_network
 from carid.preprocess import PreprocessSpec
-from carid.training.module import CarModule, ModelMetadata
+from carid.training.module import CarModule
 
 TINY_MODEL = ModelConfig(
     backbone="carid_vgg",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from carid.training.module import load_for_inference
+from carid.models.checkpoint import load_for_inference
 from carid.training.plots import epoch_metrics
 from tests.training.conftest import tiny_config_tree
 

@@ -10,10 +10,10 @@ import torch
 
 from carid.config import TrainConfig
 from carid.data.split import load_split
+from carid.models.checkpoint import load_for_inference
 from carid.models.network import build_network
 from carid.training.datamodule import CarDataModule
 from carid.training.features import FeatureDataModule, backbone_fingerprint, build_feature_cache, cache_key
-from carid.training.module import load_for_inference
 
 
 class Snapshot(L.Callback):
@@ -75,7 +75,7 @@ def test_cached_head_training_checkpoint_predicts_like_the_full_model(tiny_confi
 
 def test_cache_key_follows_the_backbone_weights_and_image_size(tiny_config, tmp_path: Path) -> None:
     from carid.preprocess import PreprocessSpec
-    from carid.training.fit import load_run_data
+    from carid.training.run_data import load_run_data
 
     config = tiny_config()
     table = load_run_data(config, tmp_path / "run", reuse_split=False, write=False, progress=False)
@@ -109,7 +109,7 @@ def test_a_pooled_box_head_caches_no_maps_and_gets_its_own_key(tiny_config, tmp_
     from dataclasses import replace
 
     from carid.preprocess import PreprocessSpec
-    from carid.training.fit import load_run_data
+    from carid.training.run_data import load_run_data
 
     config = tiny_config()
     table = load_run_data(config, tmp_path / "run", reuse_split=False, write=False, progress=False)
@@ -129,7 +129,7 @@ def test_a_box_head_reading_a_finer_map_caches_it_and_predicts_from_it(tiny_conf
     from dataclasses import replace
 
     from carid.preprocess import PreprocessSpec
-    from carid.training.fit import load_run_data
+    from carid.training.run_data import load_run_data
 
     model = {"backbone": "test_efficientnet", "backbone_args": {}, "image_size": 64, "box_refine": 1}
     config = tiny_config(model=model)

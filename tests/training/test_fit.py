@@ -1,4 +1,4 @@
-"""`train`: a whole run on a synthetic boxed dataset, run naming, labels, hardware settings."""
+"""`train`: a whole run on a synthetic boxed dataset, overrides, refits, the learning-rate finder, recipes."""
 
 from __future__ import annotations
 
@@ -11,22 +11,13 @@ import pytest
 import torch
 import yaml
 
-from carid.config import ConfigError, load_config
+from carid.artifacts.checkpoint import CHECKPOINT_KEY
+from carid.config import ConfigError, apply_overrides, load_config
 from carid.data.readers import read_dataset
-from carid.data.samples import Sample, SampleTable
+from carid.data.samples import Sample
 from carid.data.split import load_split, save_split
-from carid.training.fit import (
-    ResumableCSVLogger,
-    RunResult,
-    apply_overrides,
-    prepare_labels,
-    resolve_precision,
-    resolve_run_dir,
-    resolve_strategy,
-    train,
-    train_from_cli,
-)
-from carid.training.module import CHECKPOINT_KEY, load_for_inference
+from carid.models.checkpoint import load_for_inference
+from carid.training.fit import RunResult, train, train_from_cli
 from carid.training.plots import epoch_metrics
 from tests.conftest import shared_dataset
 
@@ -97,52 +88,6 @@ def test_one_epoch_run_writes_the_run_dir_and_the_best_checkpoint_predicts_ident
     assert torch.equal(expected.box, got.box)
 
 
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def test_metrics_csv_is_replaced_whole_so_a_kill_mid_save_keeps_the_finished_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    logger = ResumableCSVLogger(tmp_path)
-    logger.log_metrics({"val/acc": 0.5, "epoch": 0}, step=3)
-    assert [row["val/acc"] for row in _csv_rows(tmp_path / "metrics.csv")] == ["0.5"]
-
-    # a new column (the epoch's train metrics, logged after the checkpoint) changes the header;
-    # the process dies half-way through writing the file
-    write_bytes = Path.write_bytes
-
-    def die_half_way(self: Path, data: bytes) -> int:
-        write_bytes(self, data[: len(data) // 2])
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(Path, "write_bytes", die_half_way)
-    with pytest.raises(KeyboardInterrupt):
-        logger.log_metrics({"train/loss": 1.25, "epoch": 0}, step=3)
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
-    assert [row["val/acc"] for row in _csv_rows(tmp_path / "metrics.csv")] == ["0.5"]
-
-    logger.log_metrics({"val/acc": 0.75, "epoch": 1}, step=7)
-    rows = _csv_rows(tmp_path / "metrics.csv")
-    assert [(row["epoch"], row["val/acc"], row["train/loss"]) for row in rows] == [
-        ("0", "0.5", ""),
-        ("0", "", "1.25"),
-        ("1", "0.75", ""),
-    ]
-
-
-def test_a_resumed_logger_keeps_the_rows_of_the_checkpointed_epochs(tmp_path: Path) -> None:
-    first = ResumableCSVLogger(tmp_path)
-    for epoch, step in ((0, 3), (1, 7), (2, 11)):
-        first.log_metrics({"val/acc": epoch / 10, "epoch": epoch}, step=step)
-    # the checkpoint finished epoch 1 (global step 8); epoch 2 runs again after the resume
-    resumed = ResumableCSVLogger(tmp_path, keep_through=(1, 8))
-    resumed.log_metrics({"val/acc": 0.9, "epoch": 2}, step=11)
-    rows = _csv_rows(tmp_path / "metrics.csv")
-    assert [(row["epoch"], row["val/acc"]) for row in rows] == [("0", "0.0"), ("1", "0.1"), ("2", "0.9")]
-
-
 def test_cli_entry_names_the_run_after_the_config_file(boxed_dataset: Path, tmp_path: Path) -> None:
     from tests.training.conftest import tiny_config_tree
 
@@ -160,24 +105,6 @@ def test_cli_entry_names_the_run_after_the_config_file(boxed_dataset: Path, tmp_
     _, metadata = load_for_inference(result.last_checkpoint)
     assert metadata.with_box is False
     assert "val/iou" not in result.metrics
-
-
-def test_run_names(tiny_config, tmp_path: Path) -> None:
-    config = tiny_config()
-    first = resolve_run_dir(config, resume=False, default_name="recipe")
-    assert first == (tmp_path / "runs" / "recipe").resolve()
-    (first / "checkpoints").mkdir(parents=True)
-    (first / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    second = resolve_run_dir(config, resume=False, default_name="recipe")
-    assert second.name == "recipe-2"
-    (second / "checkpoints").mkdir(parents=True)
-    assert resolve_run_dir(config, resume=True, default_name="recipe") == second
-    assert resolve_run_dir(config, resume=False).name == "carid_vgg-class-32px"
-
-    named = apply_overrides(config, ["name=recipe"])
-    with pytest.raises(ConfigError, match="already holds a run"):
-        resolve_run_dir(named, resume=False)
-    assert resolve_run_dir(named, resume=True) == first
 
 
 def test_overrides_are_validated(tiny_config) -> None:
@@ -215,31 +142,6 @@ def test_fit_on_val_trains_on_train_and_val_and_keeps_the_last_epoch(tiny_config
 
     with pytest.raises(ConfigError, match=r"fit_on_val.*early_stopping_patience"):
         train(tiny_config(train={"fit_on_val": True, "early_stopping_patience": 3}), progress=False)
-
-
-def test_label_level_maps_classes_through_the_taxonomy(tmp_path: Path) -> None:
-    names = ["Audi TTS Coupe 2012", "BMW M3 Coupe 2012", "Ford F-150 Regular Cab 2012"]
-    samples = [Sample(tmp_path / f"{i}.jpg", names[i % 3], split="train") for i in range(6)]
-    table = SampleTable(samples, names, tmp_path, "test")
-    prepared = prepare_labels(table, "body_type")
-    assert prepared.classes == ["Coupe", "Pickup"]
-    assert [prepared.label_of(s) for s in samples[:3]] == ["Coupe", "Coupe", "Pickup"]
-    assert prepared.taxonomy is None
-    by_class = prepare_labels(table, "class")
-    assert by_class.classes == names and by_class.taxonomy["classes"] == names
-    with pytest.raises(ConfigError, match="needs at least two"):
-        prepare_labels(table, "year")  # every class is a 2012 model
-
-
-def test_hardware_settings_on_cpu() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU fallbacks")
-    assert resolve_precision("auto", "auto") == "32-true"
-    assert resolve_precision("16-mixed", "auto") == "16-mixed"
-    strategy = resolve_strategy("ddp", "cpu")
-    assert type(strategy).__name__ == "DDPStrategy"
-    assert strategy._process_group_backend == "gloo"
-    assert resolve_strategy("auto", "cpu") == "auto"
 
 
 def test_lr_finder_records_and_uses_its_suggestion(tiny_config) -> None:

@@ -1,26 +1,26 @@
-"""CarModule: optimizer groups and schedules, the shared step's logged names, checkpoint metadata."""
+"""CarModule: optimizer groups and schedules, the shared step's logged names, the metadata it saves."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
-from carid.training.module import (
-    CHECKPOINT_KEY,
-    CarModule,
-    ModelMetadata,
-    load_checkpoint_metadata,
-    load_for_inference,
-    lr_lambda,
-    matched_iou,
-)
-from tests.training.helpers import TINY_MODEL, RandomBatches, make_module, metadata_for
+from carid.artifacts.checkpoint import CHECKPOINT_KEY, ModelMetadata, load_checkpoint_metadata
+from carid.config import TrainConfig, to_dict
+from carid.models.checkpoint import load_for_inference
+from carid.models.heads import BoxHeadBase, decode_box, register_box_head, unregister_box_head
+from carid.models.network import build_network
+from carid.preprocess import PreprocessSpec
+from carid.training.module import CarModule, lr_lambda, matched_iou
+from tests.training.helpers import TINY_MODEL, RandomBatches, make_module
 
 
 def fit_briefly(module: CarModule, tmp_path: Path, num_classes: int, epochs: int = 1) -> L.Trainer:
@@ -154,29 +154,63 @@ def test_checkpoint_metadata_loads_weights_only_and_rebuilds_the_network(tmp_pat
     assert torch.equal(expected.box, got.box)
 
 
-def test_load_for_inference_rejects_a_checkpoint_without_metadata(tmp_path: Path) -> None:
-    path = tmp_path / "plain.ckpt"
-    torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match="not a carid checkpoint"):
-        load_for_inference(path)
-    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
-        load_for_inference(tmp_path / "missing.ckpt")
+def test_a_box_head_registered_in_one_place_trains_and_reloads(tmp_path: Path) -> None:
+    """A new box head is one class and one registration: config, network, training and loading
+    the checkpoint all find it by name."""
 
+    @register_box_head("test-linear")
+    class LinearBoxHead(BoxHeadBase):
+        reads_feature_map = False
 
-def test_metadata_round_trip_is_plain() -> None:
-    metadata = metadata_for(4)
-    data = metadata.to_dict()
-    assert ModelMetadata.from_dict(data) == metadata
-    assert isinstance(data["class_names"], list) and isinstance(data["preprocess"]["image_size"], list)
-    with pytest.raises(ValueError, match="missing"):
-        ModelMetadata.from_dict({"class_names": []})
+        def __init__(self, in_features: int) -> None:
+            super().__init__()
+            self.fc = nn.Linear(in_features, 4)
 
+        @classmethod
+        def from_config(cls, backbone, config) -> LinearBoxHead:
+            return cls(backbone.num_features)
 
-def test_metadata_without_box_input_is_a_pooled_box_head() -> None:
-    """Checkpoints written before model.box_input existed rebuild with the box head they were trained with."""
-    legacy = {
-        key: value for key, value in TINY_MODEL.__dict__.items() if key not in ("box_input", "box_channels")
-    }
-    metadata = ModelMetadata(class_names=("a", "b"), preprocess={}, model=legacy, with_box=True)
-    assert metadata.model_config().box_input == "pooled"
-    assert metadata_for(3).model_config().box_input == "map"
+        def forward(self, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+            return decode_box(self.fc(features))
+
+    try:
+        torch.manual_seed(0)
+        config = replace(TINY_MODEL, box_input="test-linear")  # validated against the registered names
+        network = build_network(config, num_classes=3, with_box=True)
+        assert isinstance(network.box_head, LinearBoxHead) and not network.box_reads_feature_map
+        metadata = ModelMetadata(
+            class_names=("a", "b", "c"),
+            preprocess=PreprocessSpec(image_size=(32, 32)).to_dict(),
+            model=to_dict(config),
+            with_box=True,
+        )
+        module = CarModule(network, TrainConfig(channels_last=False, lr=0.01), metadata)
+        before = {name: p.detach().clone() for name, p in network.box_head.named_parameters()}
+        losses: list[torch.Tensor] = []
+
+        class KeepLoss(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                losses.append(outputs["loss"].detach())
+
+        trainer = L.Trainer(
+            max_steps=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            callbacks=[KeepLoss()],
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, train_dataloaders=DataLoader(RandomBatches(8, 3), batch_size=8))
+        assert len(losses) == 1 and torch.isfinite(losses[0])
+        for name, parameter in network.box_head.named_parameters():
+            assert not torch.equal(parameter.detach(), before[name]), name
+
+        trainer.save_checkpoint(tmp_path / "model.ckpt")
+        loaded, _ = load_for_inference(tmp_path / "model.ckpt")
+        assert isinstance(loaded.box_head, LinearBoxHead)
+        assert torch.equal(loaded.box_head.fc.weight, network.box_head.fc.weight)
+    finally:
+        unregister_box_head("test-linear")

@@ -28,7 +28,7 @@ training config, the checkpoint or torch:
       "extra": {...},                                   run name, dataset, ...
       "enrolment": {...} | null                         classes added without retraining: the
                                                         embedding space, score calibration and
-                                                        enrolled classes (`carid.enroll.store`)
+                                                        enrolled classes (`carid.artifacts.enrolment`)
     }
 
 `Bundle.load(path)` validates every field and names the field and the file in its errors.

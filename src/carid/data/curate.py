@@ -6,7 +6,8 @@ Reasons a photo is flagged (one `Flag` per photo and reason):
   tiny_image: from `carid.data.checks.run_checks`, the same verdicts as `carid data check`;
 - exact_duplicate / near_duplicate: of each duplicate group of the checks, the first file in path
   order is kept and the others are flagged (score = the group's largest phash distance);
-- no_car: car score below `CurateConfig.no_car_threshold` (`carid.data.nocar`; score = car score);
+- no_car: car score below `CurateConfig.no_car_threshold` (score = car score) from the `CarScorer`
+  the caller passes in (`carid.models.nocar.ImageNetCarScorer` for `carid data curate`);
 - likely_mislabelled: with a model, its top-1 class differs from the label with probability at
   least `CurateConfig.mislabel_threshold` (score = that probability).
 
@@ -30,8 +31,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from carid.config import CheckConfig, CurateConfig, DataConfig
-from carid.data.checks import CheckReport, run_checks
-from carid.data.nocar import CarScorer
+from carid.data.check_report import CheckReport
+from carid.data.checks import run_checks
 from carid.data.readers import read_dataset
 from carid.data.samples import Sample, Severity
 from carid.errors import CaridError
@@ -46,6 +47,16 @@ Action = Literal["none", "delete", "move"]
 
 class CurateError(CaridError, ValueError):
     """Curation cannot run as asked (bad option combination, a model without classes ...)."""
+
+
+class CarScorer(Protocol):
+    """What the no-car filter needs (`carid.models.nocar.ImageNetCarScorer` fits; tests pass a function).
+
+    Called with image paths, returns a car score per path [N] in [0, 1], NaN for a file that cannot
+    be decoded.
+    """
+
+    def __call__(self, paths: Sequence[Path], /) -> np.ndarray: ...
 
 
 class LabelModel(Protocol):

@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carid.artifacts.run_dir import SPLIT_FILE
 from carid.config import CheckConfig, DataConfig
-from carid.data.checks import CheckReport, run_checks
+from carid.data.check_report import CheckReport
+from carid.data.checks import run_checks
 from carid.data.readers import read_dataset
 from carid.data.samples import SampleTable
 from carid.data.split import group_ids_by_path, save_split, split_from_config, split_summary
@@ -63,7 +65,7 @@ def inspect_dataset(
         report.write_json(report_path)
         inspection.paths["checks"] = report_path
         if inspection.splits is not None:
-            split_path = out_dir / "split.csv"
+            split_path = out_dir / SPLIT_FILE
             save_split(
                 report.usable(),
                 inspection.splits,

@@ -2,9 +2,9 @@
 
 `carid export` calls `prepare_enrolment` after the parity check: the bundle's ONNX model is run over
 a class-stratified sample of the run's training photos (at most `images`; the within-class
-whitening of `carid.enroll.space.fit_space`) and over its validation photos (the simulated
+whitening of `carid.embedding.fit_space`) and over its validation photos (the simulated
 enrolment of `fit_calibration`, at most `CALIBRATION_IMAGES`), and the result is written with no
-enrolled classes (`carid.enroll.store.save_enrolment`). Photos that cannot be read are skipped.
+enrolled classes (`carid.artifacts.enrolment.save_enrolment`). Photos that cannot be read are skipped.
 For a refit run (`train.fit_on_val`) the network has trained on those validation photos, so the
 simulated figures are optimistic: `val_trained=True` says so in the message and in the space info
 (`calibration_trained_on`, in model.json under enrolment.space).
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from carid.artifacts.bundle import EMBEDDING, LOGITS, Bundle
-from carid.enroll.space import DEFAULT_SHRINKAGE, fit_calibration, fit_space
-from carid.enroll.store import Enrolment, save_enrolment
+from carid.artifacts.enrolment import Enrolment, save_enrolment
+from carid.embedding import DEFAULT_SHRINKAGE, fit_calibration, fit_space
 
 DEFAULT_SPACE_IMAGES = 1000
 CALIBRATION_IMAGES = 2000
@@ -43,7 +43,8 @@ def _stratified(paths_by_class: dict[str, list[Path]], limit: int, seed: int) ->
 
 def run_model(bundle: Bundle, items: Sequence[tuple[Path, str]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(logits [N, C], embeddings [N, D], labels) of the readable photos among `items`."""
-    from carid.runtime.predictor import OnnxBackend, prepare_image
+    from carid.runtime.backends import OnnxBackend
+    from carid.runtime.inputs import prepare_image
 
     spec = bundle.metadata.preprocess_spec()
     backend = OnnxBackend(bundle.model_path, bundle.metadata.input_name, providers=["CPUExecutionProvider"])

@@ -10,10 +10,11 @@
   threshold up until such photos are mostly rejected.
 
 The temperature and threshold are plain floats, stored in the model bundle JSON; the predictor
-applies them with `apply_temperature` and `apply_unknown`, so this module needs NumPy only (no
-torch, no scipy). The 1-D search is hand-written for that reason: the NLL is convex in 1/T (a
-log-sum-exp minus a linear term), hence unimodal in log T, so a golden-section search over log T in
-[0.05, 20] finds the minimum to any tolerance in a few dozen evaluations, as scipy's bounded
+applies them with `carid.runtime.calibration` (`apply_temperature`, `apply_unknown`, re-used here),
+so this module needs NumPy only (no torch, no scipy). The 1-D search is hand-written for that
+reason: the NLL is convex in 1/T (a log-sum-exp minus a linear term), hence unimodal in log T, so
+a golden-section search over log T in [0.05, 20] finds the minimum to any tolerance in a few dozen
+evaluations, as scipy's bounded
 `minimize_scalar` would.
 """
 
@@ -25,11 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from carid.evaluation.metrics import as_labels, as_probabilities, as_threshold
+from carid.evaluation.metrics import as_labels, as_probabilities
+from carid.runtime.calibration import (
+    as_temperature,
+    as_threshold,
+)
 
 TEMPERATURE_BOUNDS: tuple[float, float] = (0.05, 20.0)
 LOG_TEMPERATURE_TOLERANCE = 1e-5  # golden-section stops when the log-T bracket is this narrow
-UNKNOWN_INDEX = -1  # the class index `apply_unknown` gives an image answered "unknown"
 _INVERSE_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -43,33 +47,6 @@ def _as_logits(logits: object) -> np.ndarray:
     return array
 
 
-def _as_temperature(temperature: object) -> float:
-    try:
-        value = float(temperature)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {value}")
-    return value
-
-
-def apply_temperature(logits: object, temperature: float) -> np.ndarray:
-    """softmax(logits / temperature) over the last axis, computed stably (max subtracted first).
-
-    logits: [..., C], e.g. [N, C] or [C]. Returns probabilities of the same shape: float32 for
-    float32 input, float64 otherwise. temperature 1 is the plain softmax.
-    """
-    value = _as_temperature(temperature)
-    array = np.asarray(logits)
-    if array.ndim == 0 or array.shape[-1] == 0:
-        raise ValueError(f"logits must have a class axis last, got shape {list(array.shape)}")
-    scaled = array.astype(np.float64) / value
-    scaled -= scaled.max(axis=-1, keepdims=True)
-    exponentials = np.exp(scaled)
-    probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
-    return probabilities.astype(np.float32) if array.dtype == np.float32 else probabilities
-
-
 def temperature_nll(logits: object, labels: object, temperature: float) -> float:
     """Mean negative log-likelihood (nats) of softmax(logits / temperature) over the labeled samples."""
     values = _as_logits(logits)
@@ -77,7 +54,7 @@ def temperature_nll(logits: object, labels: object, temperature: float) -> float
     labeled = truth >= 0
     if not labeled.any():
         raise ValueError("no labeled samples: every label is -1")
-    return _nll(values[labeled], truth[labeled], _as_temperature(temperature))
+    return _nll(values[labeled], truth[labeled], as_temperature(temperature))
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -101,7 +78,7 @@ def fit_temperature(
     labeled = truth >= 0
     if not labeled.any():
         raise ValueError("no labeled samples to fit a temperature on: every label is -1")
-    low, high = (_as_temperature(bound) for bound in bounds)
+    low, high = (as_temperature(bound) for bound in bounds)
     if not low < high:
         raise ValueError(f"temperature bounds must be increasing, got {bounds}")
     values, truth = values[labeled], truth[labeled]
@@ -267,18 +244,3 @@ def choose_unknown_threshold(
         ood_accepted=float(ood_answered[pick] / num_ood) if num_ood else None,
         message=message,
     )
-
-
-def apply_unknown(probabilities: object, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(class indices, top-1 probabilities): argmax over the last axis, `UNKNOWN_INDEX` (-1) where
-    the top-1 probability is below `threshold`.
-
-    probabilities: [..., C], e.g. [N, C] -> (int64 [N], [N]). threshold: in [0, 1]; 0 never rejects.
-    """
-    value = as_threshold(threshold)
-    array = np.asarray(probabilities)
-    if array.ndim == 0 or array.shape[-1] == 0:
-        raise ValueError(f"probabilities must have a class axis last, got shape {list(array.shape)}")
-    top_probability = array.max(axis=-1)
-    indices = np.where(top_probability >= value, array.argmax(axis=-1), UNKNOWN_INDEX).astype(np.int64)
-    return indices, top_probability

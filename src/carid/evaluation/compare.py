@@ -37,6 +37,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from carid.artifacts.run_dir import RunDir, is_run_dir
 from carid.errors import CaridError
 from carid.files import write_atomic
 from carid.reporting import data_uri, figure_png, render_page
@@ -62,8 +63,9 @@ def metric_mode(metric: str) -> str:
     return "min" if any(word in last for word in LOWER_IS_BETTER) else "max"
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.yaml").is_file() and (path / "metrics.csv").is_file()
+def has_metrics(path: Path) -> bool:
+    """A run folder (`carid.artifacts.run_dir.is_run_dir`) that has logged metrics to compare."""
+    return is_run_dir(path) and RunDir(path).metrics.is_file()
 
 
 def expand_run_dirs(paths: Iterable[Path | str]) -> list[Path]:
@@ -74,10 +76,10 @@ def expand_run_dirs(paths: Iterable[Path | str]) -> list[Path]:
         path = Path(item).expanduser()
         if not path.exists():
             raise CompareError(f"{path}: no such folder")
-        if is_run_dir(path):
+        if has_metrics(path):
             candidates = [path]
         elif path.is_dir():
-            candidates = sorted(child for child in path.iterdir() if is_run_dir(child))
+            candidates = sorted(child for child in path.iterdir() if has_metrics(child))
             if not candidates:
                 raise CompareError(f"{path}: not a run folder (no config.yaml + metrics.csv) and holds none")
         else:
@@ -196,8 +198,8 @@ def count_parameters(checkpoint: Path) -> int:
     except RuntimeError:  # an old-format file that cannot be memory-mapped
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     try:
+        from carid.artifacts.checkpoint import CHECKPOINT_KEY, ModelMetadata
         from carid.models.network import build_network
-        from carid.training.module import CHECKPOINT_KEY, ModelMetadata
 
         metadata = ModelMetadata.from_dict(state[CHECKPOINT_KEY], source=str(checkpoint))
         config = replace(metadata.model_config(), pretrained="none")
@@ -229,13 +231,13 @@ def summarize_run(run_dir: Path | str, metric: str = "val/acc") -> RunSummary:
     """Read one run folder (see the module docstring); what is missing is noted, not guessed."""
     run_dir = Path(run_dir)
     notes: list[str] = []
-    config = _read_config(run_dir / "config.yaml", notes)
+    config = _read_config(RunDir(run_dir).config, notes)
     model, train = _section(config, "model"), _section(config, "train")
     data = _section(config, "data")
     summary = _read_json(run_dir / "summary.json", notes)
     if not summary:
         notes.append("no summary.json (the run did not finish)")
-    records = tuple(epoch_metrics(run_dir / "metrics.csv"))
+    records = tuple(epoch_metrics(RunDir(run_dir).metrics))
     last = records[-1] if records else {}
 
     test = {str(k): float(v) for k, v in (summary.get("test_metrics") or {}).items() if _float(v) is not None}
@@ -248,8 +250,8 @@ def summarize_run(run_dir: Path | str, metric: str = "val/acc") -> RunSummary:
         notes.append(f"{metric} not recorded")
 
     parameters = None
-    for name in ("best.ckpt", "last.ckpt"):
-        checkpoint = run_dir / "checkpoints" / name
+    for checkpoint in (RunDir(run_dir).best_checkpoint, RunDir(run_dir).last_checkpoint):
+        name = checkpoint.name
         if checkpoint.is_file():
             try:
                 parameters = count_parameters(checkpoint)

@@ -53,368 +53,28 @@ from typing import Any
 import numpy as np
 
 from carid import __version__
+from carid.artifacts.run_dir import ModelLocation, locate
 from carid.boxes import paired_iou
 from carid.data.samples import Problem, Sample, SampleTable, Severity
-from carid.evaluation.calibration import (
-    ThresholdChoice,
-    apply_temperature,
-    choose_unknown_threshold,
-    fit_temperature,
+from carid.evaluation.evaluation_data import (
+    EvaluationData,
+    _check_split,
+    load_run_config,
+    read_evaluation_source,
 )
-from carid.evaluation.metrics import (
-    DEFAULT_TOP_K,
-    EvaluationResult,
-    calibration_stats,
-    evaluate_predictions,
-    rejection_stats,
-)
+from carid.evaluation.metric_records import EvaluationResult
+from carid.evaluation.metrics import DEFAULT_TOP_K, evaluate_predictions
 from carid.evaluation.report import EvaluationView, write_evaluation_report
-from carid.evaluation.scoring import (
-    EvaluationError,
-    ModelLocation,
-    Scores,
-    ScoreSource,
-    align_labels,
-    open_score_source,
-    resolve_model,
-    target_boxes,
-)
+from carid.evaluation.scoring import EvaluationError, Scores, ScoreSource, align_labels, target_boxes
+from carid.evaluation.sources import open_score_source
+from carid.evaluation.val_calibration import DEFAULT_TARGET_PRECISION, CalibrationFit, fit_val_calibration
 from carid.files import write_atomic, write_json
 from carid.runtime.tta import TtaError, check_mode
 
 log = logging.getLogger(__name__)
 
-SPLIT_CHOICES: tuple[str, ...] = ("train", "val", "test", "all")
-SPLIT_CSV_COLUMNS = frozenset({"path", "label", "split"})
-DEFAULT_TARGET_PRECISION = 0.95
+
 TOP_K_SHOWN = 5  # predictions.csv lists this many best classes
-
-
-# ----------------------------------------------------------------------------------------------
-# The data to evaluate on
-
-
-@dataclass(frozen=True, eq=False)
-class EvaluationData:
-    """The samples of one split and where they came from.
-
-    origin: "run split" (the run's split.csv), "split csv", "dataset" (read, checked and split here)
-        or "table". path: the file or folder read (None for a table).
-    notes: dataset-level facts worth reporting (images excluded by the checks, ...).
-    """
-
-    samples: tuple[Sample, ...]
-    split: str
-    origin: str
-    path: str | None
-    notes: tuple[Problem, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        labels = Counter(s.label for s in self.samples if s.label is not None)
-        return {
-            "origin": self.origin,
-            "path": self.path,
-            "split": self.split,
-            "num_samples": len(self.samples),
-            "num_labels": len(labels),
-            "with_box": sum(s.has_box for s in self.samples),
-        }
-
-
-def _check_split(split: str) -> str:
-    if split not in SPLIT_CHOICES:
-        raise EvaluationError(f"split {split!r} is not one of {', '.join(SPLIT_CHOICES)}")
-    return split
-
-
-def select_split(samples: Sequence[Sample], split: str, where: str) -> list[Sample]:
-    """The samples of `split` ("all": every one); EvaluationError naming the splits there are."""
-    if split == "all":
-        return list(samples)
-    chosen = [s for s in samples if s.split == split]
-    if not chosen:
-        counts = Counter(s.split or "none" for s in samples)
-        found = ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "no samples"
-        raise EvaluationError(
-            f"{where} has no {split!r} samples (it has: {found}); choose another split, or 'all'"
-        )
-    return chosen
-
-
-def is_split_csv(path: Path) -> bool:
-    """A CSV whose header has the columns of a saved split (path, label, split)."""
-    if not path.is_file() or path.suffix.lower() != ".csv":
-        return False
-    with path.open(newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), [])
-    return {column.strip() for column in header} >= SPLIT_CSV_COLUMNS
-
-
-def load_run_config(run_dir: Path | None) -> Any:
-    """The run's resolved config, or None (no run, or a config this version cannot read)."""
-    if run_dir is None or not (run_dir / "config.yaml").is_file():
-        return None
-    from carid.config import ConfigError, load_config
-
-    try:
-        return load_config(run_dir / "config.yaml")
-    except ConfigError:
-        return None
-
-
-def trained_splits(run_config: Any) -> tuple[str, ...]:
-    """The splits of a run's split.csv that its network trained on: val too for a refit
-    (`train.fit_on_val`); run_config as from `load_run_config` (None: just "train")."""
-    return ("train", "val") if run_config is not None and run_config.train.fit_on_val else ("train",)
-
-
-def _same_path(a: Path | str | None, b: Path | str | None) -> bool:
-    if a is None or b is None:
-        return False
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-@dataclass(frozen=True, eq=False)
-class DataSource:
-    """Every usable sample of the evaluation data, each with its split when one is known.
-
-    origin / path / notes: as in `EvaluationData`; where: how to name the data in messages.
-    """
-
-    samples: tuple[Sample, ...]
-    origin: str
-    path: str | None
-    where: str
-    notes: tuple[Problem, ...] = ()
-
-    def select(self, split: str) -> EvaluationData:
-        """The samples of one split (see `select_split`)."""
-        chosen = select_split(self.samples, _check_split(split), self.where)
-        return EvaluationData(tuple(chosen), split, self.origin, self.path, self.notes)
-
-
-def _from_split_csv(path: Path, origin: str) -> DataSource:
-    from carid.data.split import load_split
-
-    try:
-        table = load_split(path)
-    except (OSError, ValueError) as exc:
-        raise EvaluationError(f"{path}: cannot read the split ({exc})") from exc
-    return DataSource(tuple(table.samples), origin, str(path), str(path))
-
-
-def _from_table(table: SampleTable) -> DataSource:
-    usable = table.usable()
-    notes = []
-    excluded = len(table) - len(usable)
-    if excluded:
-        notes.append(
-            Problem(
-                "excluded_by_checks",
-                f"{excluded} image(s) with error-level problems are left out",
-                str(table.root),
-                Severity.INFO,
-            )
-        )
-    return DataSource(tuple(usable.samples), "table", None, f"the table of {table.root}", tuple(notes))
-
-
-def _from_dataset(
-    path: Path, with_splits: bool, run_config: Any, data_format: str | None, progress: bool
-) -> DataSource:
-    from carid.config import CheckConfig, DataConfig
-    from carid.data.inspect import inspect_dataset
-    from carid.data.readers import DatasetError
-
-    data_config = replace(
-        run_config.data if run_config is not None else DataConfig(),
-        path=str(path),
-        format=data_format,
-        split_csv=None,
-    )
-    check_config = run_config.check if run_config is not None else CheckConfig()
-    try:
-        inspection = inspect_dataset(
-            path, data_config, check_config, out_dir=None, split=with_splits, progress=progress
-        )
-    except DatasetError as exc:
-        raise EvaluationError(str(exc)) from exc
-    samples = inspection.report.usable().samples
-    if inspection.splits is not None:
-        samples = [s.with_(split=name) for s, name in zip(samples, inspection.splits, strict=True)]
-    notes = []
-    excluded = inspection.table.excluded_paths()
-    if excluded:
-        kinds = Counter(
-            p.kind for p in inspection.table.problems if p.severity is Severity.ERROR and p.path in excluded
-        )
-        detail = ", ".join(f"{kind} ({count})" for kind, count in kinds.most_common())
-        notes.append(
-            Problem(
-                "excluded_by_checks",
-                f"{len(excluded)} image(s) excluded by the data checks: {detail}",
-                str(path),
-                Severity.INFO,
-            )
-        )
-    return DataSource(tuple(samples), "dataset", str(path), str(path), tuple(notes))
-
-
-def read_evaluation_source(
-    data: Path | str | SampleTable | None,
-    *,
-    with_splits: bool = True,
-    run_dir: Path | None = None,
-    run_config: Any = None,
-    data_format: str | None = None,
-    progress: bool = False,
-) -> DataSource:
-    """All the evaluation data by the rules of the module docstring, read once (select splits from it).
-
-    with_splits: a dataset read here is split (needed for any split but "all").
-    run_dir / run_config: the run the model belongs to (its split.csv and split settings), if any.
-    data_format: force a reader for a dataset path (default: detected).
-    """
-    if isinstance(data, SampleTable):
-        return _from_table(data)
-    run_split = None if run_dir is None else run_dir / "split.csv"
-    if data is None:
-        if run_split is None or not run_split.is_file():
-            raise EvaluationError(
-                "no evaluation data: give DATA (a dataset or a split CSV); the model is not a run folder "
-                "with a split.csv to take the test images from"
-            )
-        return _from_split_csv(run_split, "run split")
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise EvaluationError(f"{path}: no such file or folder")
-    if is_split_csv(path):
-        return _from_split_csv(path, "split csv")
-    if (
-        run_split is not None
-        and run_split.is_file()
-        and run_config is not None
-        and not run_config.data.split_csv
-        and _same_path(run_config.data.path, path)
-        and data_format in (None, run_config.data.format)
-    ):
-        return replace(_from_split_csv(run_split, "run split"), path=str(path))
-    return _from_dataset(path, with_splits, run_config, data_format, progress)
-
-
-def load_evaluation_data(
-    data: Path | str | SampleTable | None,
-    split: str = "test",
-    *,
-    run_dir: Path | None = None,
-    run_config: Any = None,
-    data_format: str | None = None,
-    progress: bool = False,
-) -> EvaluationData:
-    """The samples of one split of the evaluation data (`read_evaluation_source` + `select`)."""
-    _check_split(split)
-    source = read_evaluation_source(
-        data,
-        with_splits=split != "all",
-        run_dir=run_dir,
-        run_config=run_config,
-        data_format=data_format,
-        progress=progress,
-    )
-    if "val" in trained_splits(run_config) and source.origin == "run split" and split in ("val", "all"):
-        log.warning(
-            "%s was trained on its val images too (train.fit_on_val): scores on %r, and a calibration "
-            "or ensemble weights fitted on val, are optimistic",
-            run_dir,
-            split,
-        )
-    return source.select(split)
-
-
-# ----------------------------------------------------------------------------------------------
-# Calibration
-
-
-@dataclass(frozen=True)
-class CalibrationFit:
-    """A temperature and an "unknown" threshold fitted on the validation split.
-
-    temperature: T of softmax(logits / T) minimising the validation NLL.
-    threshold: `choose_unknown_threshold` on the temperature-scaled validation probabilities.
-    num_val: labeled validation images used. val_*: NLL (nats) and ECE before and after scaling.
-    evaluated: on the evaluated split: ECE/NLL before and after, and the rejection stats of the
-        threshold (None when calibration was fitted alone).
-    """
-
-    temperature: float
-    threshold: ThresholdChoice
-    num_val: int
-    val_nll_before: float
-    val_nll_after: float
-    val_ece_before: float
-    val_ece_after: float
-    evaluated: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature,
-            "unknown_threshold": self.threshold.threshold,
-            "threshold": self.threshold.to_dict(),
-            "num_val": self.num_val,
-            "val_nll_before": self.val_nll_before,
-            "val_nll_after": self.val_nll_after,
-            "val_ece_before": self.val_ece_before,
-            "val_ece_after": self.val_ece_after,
-            "evaluated": self.evaluated,
-        }
-
-
-def fit_val_calibration(
-    val_logits: np.ndarray,
-    val_labels: np.ndarray,
-    target_precision: float = DEFAULT_TARGET_PRECISION,
-    eval_logits: np.ndarray | None = None,
-    eval_labels: np.ndarray | None = None,
-) -> CalibrationFit:
-    """Fit T on the validation logits [N, C] / labels [N] (-1 ignored), choose the threshold for
-    `target_precision`, and (optionally) measure both on the evaluated split's logits and labels."""
-    labeled = val_labels >= 0
-    if not labeled.any():
-        raise EvaluationError("no labeled validation images the model knows: cannot fit a calibration")
-    logits, labels = val_logits[labeled].astype(np.float64), val_labels[labeled]
-    temperature = fit_temperature(logits, labels)
-    before = calibration_stats(apply_temperature(logits, 1.0), labels)
-    calibrated = apply_temperature(logits, temperature)
-    after = calibration_stats(calibrated, labels)
-    threshold = choose_unknown_threshold(calibrated, labels, target_precision)
-    evaluated = None
-    if eval_logits is not None and eval_labels is not None and (eval_labels >= 0).any():
-        keep = eval_labels >= 0
-        raw = apply_temperature(eval_logits[keep].astype(np.float64), 1.0)
-        scaled = apply_temperature(eval_logits[keep].astype(np.float64), temperature)
-        stats_before = calibration_stats(raw, eval_labels[keep])
-        stats_after = calibration_stats(scaled, eval_labels[keep])
-        evaluated = {
-            "ece_before": stats_before.ece,
-            "ece_after": stats_after.ece,
-            "nll_before": stats_before.nll,
-            "nll_after": stats_after.nll,
-            "rejection": rejection_stats(scaled, eval_labels[keep], threshold.threshold).to_dict(),
-        }
-    return CalibrationFit(
-        temperature=temperature,
-        threshold=threshold,
-        num_val=int(labeled.sum()),
-        val_nll_before=before.nll,
-        val_nll_after=after.nll,
-        val_ece_before=before.ece,
-        val_ece_after=after.ece,
-        evaluated=evaluated,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# The report object
 
 
 @dataclass(frozen=True, eq=False)
@@ -502,10 +162,6 @@ class EvaluationReport:
             example = next(note for note in self.notes if note.kind == kind and note.path)
             lines.append(f"  {count} image(s) with {kind.replace('_', ' ')}, e.g. {example.message}")
         return lines
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluate
 
 
 def _listing(names: Sequence[str], limit: int = 8) -> str:
@@ -601,7 +257,7 @@ def evaluate(
         raise EvaluationError(f"target precision must be in (0, 1], got {target_precision}")
     if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
         raise EvaluationError(f"unknown threshold must be in [0, 1], got {unknown_threshold}")
-    location = resolve_model(model_path)
+    location = locate(model_path)
     tick = time.perf_counter()
     source = open_score_source(
         location, device=device, batch_size=batch_size, num_workers=num_workers, backend=backend, tta=tta
@@ -702,10 +358,6 @@ def evaluate(
     report = replace(report, out_dir=target, paths=paths)
     write_json(target / "evaluation.json", report.to_dict())
     return report
-
-
-# ----------------------------------------------------------------------------------------------
-# Files
 
 
 def predictions_csv(scored: ScoredSamples, class_names: Sequence[str]) -> str:

@@ -36,7 +36,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
 from carid.data.samples import Problem, Sample
-from carid.evaluation.metrics import EvaluationResult
+from carid.evaluation.metric_records import EvaluationResult
 from carid.files import write_atomic
 from carid.reporting import (
     REPORT_NAME,

@@ -6,7 +6,7 @@ of the original photo (`carid.boxes` conventions). Evaluation, calibration and c
 to this protocol, so a PyTorch checkpoint and an exported ONNX bundle are evaluated the same way.
 
 - `TorchScoreSource`: a checkpoint (or a run folder's `checkpoints/best.ckpt`), rebuilt with
-  `carid.training.module.load_for_inference` and fed through the deterministic eval transform of
+  `carid.models.checkpoint.load_for_inference` and fed through the deterministic eval transform of
   the checkpoint's own `PreprocessSpec` (exactly what training validated on). Batches come from
   `CarDataset`, whose per-image `Geometry` maps the predicted boxes back to photo pixels.
 - `BundleScoreSource`: an exported bundle (a folder with model.json + model.onnx), scored through
@@ -34,40 +34,25 @@ left out of everything; `Scores.ok` says which rows were scored.
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from carid import boxes as box_math
 from carid.data.samples import Problem, Sample, Severity
 from carid.errors import CaridError
-from carid.evaluation.calibration import apply_temperature
+from carid.runtime.calibration import apply_temperature
 from carid.taxonomy import Taxonomy, parse_car_name
 
-if TYPE_CHECKING:
-    import torch
-
-BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-BUNDLE_METADATA = (
-    "model.json"  # `carid.artifacts.bundle.METADATA_FILE`; the ONNX file it names sits beside it
-)
-ENSEMBLE_METADATA = "ensemble.json"  # `carid.artifacts.bundle.ENSEMBLE_FILE`; member bundles in members/
 MAX_LISTED_LABELS = 8
 
 
 class EvaluationError(CaridError, ValueError):
     """A model path, data or setting that cannot be evaluated; the message says what to change."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Results
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,7 +93,7 @@ class Scores:
 
 
 @dataclass
-class _ScoreBuffers:
+class ScoreBuffers:
     """The arrays a score source fills batch by batch, and the one way rows get filled."""
 
     logits: np.ndarray
@@ -119,7 +104,7 @@ class _ScoreBuffers:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def empty(cls, count: int, num_classes: int, with_box: bool) -> _ScoreBuffers:
+    def empty(cls, count: int, num_classes: int, with_box: bool) -> ScoreBuffers:
         return cls(
             logits=np.zeros((count, num_classes), dtype=np.float32),
             boxes=np.zeros((count, 4), dtype=np.float64) if with_box else None,
@@ -180,115 +165,6 @@ class ScoreSource(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts about the model (kind, path, backbone, input size, classes, ...)."""
         ...
-
-
-# ----------------------------------------------------------------------------------------------
-# Where a model lives
-
-
-@dataclass(frozen=True)
-class ModelLocation:
-    """A model path resolved: kind "checkpoint", "bundle" or "ensemble", the file or folder to load,
-    and the run folder it belongs to (None for a bundle, an ensemble or a checkpoint outside a run)."""
-
-    kind: str
-    path: Path
-    run_dir: Path | None
-    note: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "path": str(self.path),
-            "run_dir": None if self.run_dir is None else str(self.run_dir),
-            "note": self.note,
-        }
-
-
-def is_bundle(path: Path) -> bool:
-    """An exported model bundle: a folder with model.json (and the model.onnx it names)."""
-    return path.is_dir() and (path / BUNDLE_METADATA).is_file()
-
-
-def is_ensemble(path: Path) -> bool:
-    """An ensemble of bundles: a folder with ensemble.json (`carid.evaluation.ensemble`)."""
-    return path.is_dir() and (path / ENSEMBLE_METADATA).is_file()
-
-
-def is_run_dir(path: Path) -> bool:
-    """A training run folder: config.yaml beside a checkpoints/ folder."""
-    return path.is_dir() and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
-
-
-def resolve_model(path: Path | str) -> ModelLocation:
-    """Run folder (its checkpoints/best.ckpt, else last.ckpt), checkpoint file, bundle folder or
-    ensemble folder.
-
-    Raises EvaluationError naming the path and what was expected.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise EvaluationError(f"{path}: no such file or folder (expected a run folder, a .ckpt or a bundle)")
-    if is_ensemble(path):
-        return ModelLocation("ensemble", path.resolve(), None)
-    if path.name == ENSEMBLE_METADATA and is_ensemble(path.parent):
-        return ModelLocation("ensemble", path.parent.resolve(), None)
-    if is_bundle(path):
-        return ModelLocation("bundle", path.resolve(), None)
-    if path.is_dir():
-        if (path / BEST_CHECKPOINT).is_file():
-            return ModelLocation("checkpoint", (path / BEST_CHECKPOINT).resolve(), path.resolve())
-        if (path / LAST_CHECKPOINT).is_file():
-            return ModelLocation(
-                "checkpoint",
-                (path / LAST_CHECKPOINT).resolve(),
-                path.resolve(),
-                note=f"{path} has no {BEST_CHECKPOINT}; evaluating {LAST_CHECKPOINT} (the latest epoch)",
-            )
-        raise EvaluationError(
-            f"{path}: not a run folder (no {BEST_CHECKPOINT}) and not a model bundle (no {BUNDLE_METADATA})"
-        )
-    if path.suffix == ".ckpt":
-        parent = path.resolve().parent
-        run_dir = parent.parent if parent.name == "checkpoints" and is_run_dir(parent.parent) else None
-        return ModelLocation("checkpoint", path.resolve(), run_dir)
-    if path.name == BUNDLE_METADATA and is_bundle(path.parent):
-        return ModelLocation("bundle", path.parent.resolve(), None)
-    raise EvaluationError(
-        f"{path}: not a model: expected a run folder, a checkpoint (.ckpt) or a bundle folder "
-        f"(with {BUNDLE_METADATA} + model.onnx)"
-    )
-
-
-def open_score_source(
-    path: Path | str | ModelLocation,
-    *,
-    device: str = "cpu",
-    batch_size: int = 32,
-    num_workers: int = 0,
-    backend: str | None = None,
-    tta: str = "none",
-) -> ScoreSource:
-    """The score source of a run folder, a checkpoint, a bundle or an ensemble (see `resolve_model`).
-
-    backend: for bundles (and an ensemble's members), the `Predictor` backend ("onnx" or "torch";
-    None = "auto", ONNX Runtime). tta: "none" or "hflip" (`carid.runtime.tta`: each photo and its mirror
-    image are scored and averaged).
-    """
-    location = path if isinstance(path, ModelLocation) else resolve_model(path)
-    if location.kind == "ensemble":
-        from carid.evaluation.ensemble import EnsembleScoreSource
-
-        return EnsembleScoreSource(location.path, backend=backend, batch_size=batch_size, tta=tta)
-    if location.kind == "bundle":
-        return BundleScoreSource(location.path, backend=backend, batch_size=batch_size, tta=tta)
-    return TorchScoreSource(
-        location.path, device=device, batch_size=batch_size, num_workers=num_workers, tta=tta
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Labels
 
 
 def level_label(label: str, class_names: Sequence[str] | set[str], label_level: str) -> str:
@@ -417,305 +293,6 @@ def target_boxes(samples: Sequence[Sample], original_sizes: np.ndarray) -> tuple
     return boxes, np.isfinite(boxes).all(axis=1)
 
 
-# ----------------------------------------------------------------------------------------------
-# PyTorch checkpoints
-
-
-def _no_label(sample: Sample) -> str | None:
+def no_label(sample: Sample) -> str | None:
     """`label_of` for scoring: labels are aligned separately (`align_labels`), so none is needed here."""
     return None
-
-
-class _ScoringDataset:
-    """A `CarDataset` (eval transform, raising on a bad image) whose failures become flagged rows.
-
-    Items are the `CarDataset` items plus "ok" (bool) and "error" (str); a failed item has a blank
-    image and a unit geometry so the batch still collates.
-    """
-
-    def __init__(self, dataset: Any, spec: Any) -> None:
-        self.dataset = dataset
-        self.spec = spec
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        import torch
-
-        from carid.images import ImageError
-        from carid.preprocess import Geometry
-
-        try:
-            item = self.dataset[position]
-        except (ImageError, OSError, ValueError) as exc:
-            geometry = Geometry(1, 1, self.spec.width, self.spec.height, 1.0, 1.0)
-            return {
-                "image": torch.zeros(3, self.spec.height, self.spec.width),
-                "geometry": torch.from_numpy(geometry.to_array()),
-                "index": torch.tensor(position, dtype=torch.int64),
-                "ok": torch.tensor(False),
-                "error": str(exc),
-            }
-        return {
-            "image": item["image"],
-            "geometry": item["geometry"],
-            "index": item["index"],
-            "ok": torch.tensor(True),
-            "error": "",
-        }
-
-
-def _progress_batches(loader: Any, total: int, description: str, progress: bool) -> Iterator[Any]:
-    if not progress:
-        yield from loader
-        return
-    from rich.progress import Progress
-
-    with Progress() as bar:
-        task = bar.add_task(description, total=total)
-        for batch in loader:
-            yield batch
-            bar.advance(task, len(batch["index"]))
-
-
-class TorchScoreSource:
-    """A carid checkpoint scored with PyTorch (see the module docstring).
-
-    device: "cpu", "cuda", ... or "auto" (CUDA when available). batch_size / num_workers: of the
-    DataLoader that decodes and preprocesses the images.
-    """
-
-    def __init__(
-        self,
-        checkpoint: Path | str,
-        device: str = "cpu",
-        batch_size: int = 32,
-        num_workers: int = 0,
-        tta: str = "none",
-    ) -> None:
-        import torch
-
-        from carid.runtime.predictor import TorchBackend
-        from carid.runtime.tta import with_tta
-        from carid.training.module import load_for_inference
-
-        self.checkpoint = Path(checkpoint)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as exc:
-            raise EvaluationError(f"device {device!r} is not usable ({exc}); use cpu, cuda or auto") from None
-        try:
-            self.network, self.metadata = load_for_inference(self.checkpoint, device=self.device)
-        except (KeyError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-            raise EvaluationError(f"{self.checkpoint}: cannot load the checkpoint ({exc})") from exc
-        try:
-            self.backend = with_tta(TorchBackend(self.network, device=str(self.device)), tta)
-        except ValueError as exc:  # TtaError names the mode
-            raise EvaluationError(str(exc)) from None
-        self.tta = tta
-        self.spec = self.metadata.preprocess_spec()
-        self.batch_size = max(1, int(batch_size))
-        self.num_workers = max(0, int(num_workers))
-        self.class_names = tuple(self.metadata.class_names)
-        self.with_box = bool(self.metadata.with_box)
-        self.label_level = self.metadata.label_level
-        self.taxonomy = _taxonomy_of(self.metadata.taxonomy, self.class_names, self.label_level)
-        run_name = self.metadata.extra.get("run_name")
-        parent = self.checkpoint.resolve().parent
-        self.name = str(
-            run_name or (parent.parent.name if parent.name == "checkpoints" else self.checkpoint.stem)
-        )
-
-    def describe(self) -> dict[str, Any]:
-        model = self.metadata.model
-        return {
-            "kind": "checkpoint",
-            "path": str(self.checkpoint),
-            "name": self.name,
-            "backbone": model.get("backbone"),
-            "image_size": list(self.spec.image_size),
-            "resize_mode": self.spec.resize_mode,
-            "num_classes": len(self.class_names),
-            "label_level": self.label_level,
-            "with_box": self.with_box,
-            "parameters": int(sum(p.numel() for p in self.network.parameters())),
-            "carid_version": self.metadata.carid_version,
-            "device": str(self.device),
-            "tta": self.tta,
-        }
-
-    def logits_and_boxes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A normalized batch float32 [B, 3, H, W] -> (logits [B, C], normalized boxes [B, 4] or None),
-        through the (TTA-wrapped) torch backend."""
-        import torch
-
-        from carid.artifacts.bundle import BOX, LOGITS
-
-        outputs = self.backend.run(images.numpy())  # type: ignore[attr-defined]
-        box = outputs.get(BOX) if self.with_box else None
-        return torch.from_numpy(outputs[LOGITS]), None if box is None else torch.from_numpy(box)
-
-    def score(self, samples: Sequence[Sample], progress: bool = False) -> Scores:
-        """Score `samples` in order; see `Scores`."""
-        from torch.utils.data import DataLoader
-
-        from carid.preprocess import Geometry
-        from carid.training.datamodule import CarDataset
-        from carid.training.transforms import build_eval_transform
-
-        samples = list(samples)
-        count = len(samples)
-        buffers = _ScoreBuffers.empty(count, len(self.class_names), self.with_box)
-        if count:
-            dataset = CarDataset(
-                samples, {}, build_eval_transform(self.spec), label_of=_no_label, on_error="raise"
-            )
-            loader = DataLoader(
-                _ScoringDataset(dataset, self.spec),  # type: ignore[arg-type]
-                batch_size=self.batch_size,
-                shuffle=False,
-                num_workers=self.num_workers,
-                persistent_workers=False,
-            )
-            for batch in _progress_batches(loader, count, f"scoring {self.name}", progress):
-                rows = batch["index"].numpy()
-                batch_logits, batch_boxes = self.logits_and_boxes(batch["image"])
-                buffers.logits[rows] = batch_logits.numpy()
-                buffers.ok[rows] = batch["ok"].numpy()
-                for position, (row, geometry_row, good, error) in enumerate(
-                    zip(rows, batch["geometry"].numpy(), batch["ok"].numpy(), batch["error"], strict=True)
-                ):
-                    if not good:
-                        buffers.unreadable(samples[row], error)
-                        continue
-                    box = None if batch_boxes is None else batch_boxes[position].numpy()
-                    buffers.place(row, Geometry.from_array(geometry_row), box)
-        return buffers.finish(1.0)
-
-
-def _taxonomy_of(
-    data: Mapping[str, Any] | None, class_names: Sequence[str], label_level: str
-) -> Taxonomy | None:
-    """The model's taxonomy when its classes are car names that (mostly) parse; None otherwise.
-
-    Classes that are a taxonomy level (make, body type, year) have no taxonomy. A taxonomy of names
-    of which fewer than half parse as "<Make> <Model> <Body> <Year>" (e.g. "red", "cat") would only
-    produce meaningless make / year accuracies, so it is dropped too.
-    """
-    if label_level != "class":
-        return None
-    try:
-        taxonomy = Taxonomy.from_dict(data) if data else Taxonomy.from_class_names(class_names)
-    except ValueError:
-        return None
-    if taxonomy.classes != tuple(class_names):
-        return None
-    if 2 * len(taxonomy.unparsed) > taxonomy.num_classes:
-        return None
-    return taxonomy
-
-
-# ----------------------------------------------------------------------------------------------
-# Exported bundles (carid.runtime.predictor.Predictor)
-
-
-def _inference() -> Any:
-    """The `carid.runtime.predictor` module, or EvaluationError when it cannot be imported."""
-    try:
-        import carid.runtime.predictor as inference
-    except ImportError as exc:
-        raise EvaluationError(
-            f"evaluating a model bundle needs carid.runtime.predictor, which cannot be imported ({exc})"
-        ) from exc
-    if not hasattr(inference, "Predictor"):
-        raise EvaluationError(
-            "evaluating a model bundle needs carid.runtime.predictor.Predictor, which is missing"
-        )
-    return inference
-
-
-class BundleScoreSource:
-    """An exported bundle scored through `carid.runtime.predictor.Predictor`.
-
-    The predictor is loaded with `Predictor.load(bundle, backend=...)` (ONNX Runtime by default;
-    "torch" runs the bundle's source checkpoint). Each image goes through the predictor's own
-    `prepare_image` (the bundle's `PreprocessSpec`) and `backend.run`, so the scores are exactly the
-    bundle's: raw logits from the "logits" output, probabilities = softmax(logits / the bundle's
-    temperature), boxes from the "box" output mapped to photo pixels with each image's `Geometry`.
-    The bundle's "unknown" threshold is not applied (pass `unknown_threshold` to `evaluate`).
-    """
-
-    def __init__(
-        self, bundle: Path | str, backend: str | None = None, batch_size: int = 32, tta: str = "none"
-    ) -> None:
-        inference = _inference()
-        self.bundle = Path(bundle)
-        try:
-            self.predictor = inference.Predictor.load(self.bundle, backend=backend or "auto", tta=tta)
-        except ValueError as exc:  # PredictorError and BundleError name the path and the problem
-            raise EvaluationError(str(exc)) from exc
-        self._prepare_image = inference.prepare_image
-        metadata = self.predictor.metadata
-        self.metadata = metadata
-        self.spec = self.predictor.spec
-        self.class_names = tuple(metadata.class_names)
-        self.with_box = bool(metadata.with_box)
-        self.label_level = str(metadata.label_level)
-        self.taxonomy = _taxonomy_of(metadata.taxonomy, self.class_names, self.label_level)
-        self.temperature = float(metadata.temperature or 1.0)
-        self.batch_size = max(1, int(batch_size))
-        self.backend = getattr(self.predictor.backend, "name", backend)
-        self.tta = self.predictor.tta
-        run_name = (metadata.extra or {}).get("run_name")
-        self.name = str(run_name or self.bundle.name)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "bundle",
-            "path": str(self.bundle),
-            "name": self.name,
-            "backbone": (self.metadata.model_config or {}).get("backbone"),
-            "image_size": list(self.spec.image_size),
-            "resize_mode": self.spec.resize_mode,
-            "num_classes": len(self.class_names),
-            "label_level": self.label_level,
-            "with_box": self.with_box,
-            "temperature": self.temperature,
-            "unknown_threshold": self.metadata.unknown_threshold,
-            "backend": self.backend,
-            "tta": self.tta,
-        }
-
-    def score(self, samples: Sequence[Sample], progress: bool = False) -> Scores:
-        from carid.artifacts.bundle import BOX, LOGITS
-
-        samples = list(samples)
-        count, num_classes = len(samples), len(self.class_names)
-        buffers = _ScoreBuffers.empty(count, num_classes, self.with_box)
-        for start in range(0, count, self.batch_size):
-            batch = samples[start : start + self.batch_size]
-            prepared = [self._prepare_image(s.path, self.spec, str(s.path)) for s in batch]
-            rows = [start + offset for offset, item in enumerate(prepared) if item.error is None]
-            for sample, item in zip(batch, prepared, strict=True):
-                if item.error is not None:
-                    buffers.unreadable(sample, item.error)
-            if not rows:
-                continue
-            good = [prepared[row - start] for row in rows]
-            outputs = self.predictor.backend.run(np.stack([item.array for item in good]))
-            batch_logits = np.asarray(outputs[LOGITS], dtype=np.float32)
-            if batch_logits.shape != (len(good), num_classes):
-                raise EvaluationError(
-                    f"{self.bundle}: the network gave logits of shape {list(batch_logits.shape)} "
-                    f"for {len(good)} images and {num_classes} classes"
-                )
-            buffers.logits[rows] = batch_logits
-            buffers.ok[rows] = True
-            batch_boxes = outputs.get(BOX) if self.with_box else None
-            for position, (row, item) in enumerate(zip(rows, good, strict=True)):
-                box = None if batch_boxes is None else batch_boxes[position]
-                buffers.place(row, item.geometry, box)
-        return buffers.finish(self.temperature)

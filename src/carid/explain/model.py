@@ -87,7 +87,7 @@ class ExplainedModel:
     @classmethod
     def from_checkpoint(cls, path: Path | str) -> ExplainedModel:
         """Load a carid training checkpoint (`load_for_inference`, weights only, CPU)."""
-        from carid.training.module import load_for_inference
+        from carid.models.checkpoint import load_for_inference
 
         checkpoint = Path(path)
         if not checkpoint.is_file():

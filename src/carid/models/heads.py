@@ -11,15 +11,40 @@ by all cells (the same object gives the same proposal wherever it is), which nee
 boxed photos than an MLP that learns each position separately, and it works at any input size.
 `RefinedBoxHead` wraps either map head with a second look: it samples the map over a window around
 the first guess and places the box inside that window (model.box_refine; see its docstring).
+
+Box heads by name: every box head derives from `BoxHeadBase`, which declares what `CarNet` and
+`CarModule` rely on (what the head reads, whether it refines from true boxes in training, its
+forward signature, how it is built from the backbone and the `ModelConfig`). `register_box_head(name)`
+makes a head the one of `model.box_input: <name>` and `create_box_head(name, backbone, config)` builds
+it, so a new box head is one class and one decorator (in the style of torchvision's `register_model`
+and `get_model`):
+
+    @register_box_head("mine")
+    class MyBoxHead(BoxHeadBase):
+        reads_feature_map = True
+
+        @classmethod
+        def from_config(cls, backbone, config): return cls(backbone.feature_channels)
+        def forward(self, features, detail=None): ...  # -> boxes [B, 4], normalized xyxy
+
+The config (torch-free) checks model.box_input against the registered names
+(`carid.config.box_input_names`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from carid.config import BUILTIN_BOX_INPUTS, ModelConfig, add_box_input, remove_box_input
+
+if TYPE_CHECKING:
+    from carid.models.backbones import Backbone
 
 
 class ClassHead(nn.Module):
@@ -81,25 +106,114 @@ def box_layers(in_features: int, hidden: int, head: str) -> tuple[nn.Module, nn.
     return hidden_part, output
 
 
-class BoxHead(nn.Module):
-    """embeddings [B, D] -> one box per image [B, 4]: normalized xyxy in [0, 1] relative to the
-    network input (multiply by the input width / height for pixels).
+# --- the box-head contract and the registry -----------------------------------------------------
 
-    hidden > 0: Linear(D, hidden) -> ReLU -> Linear(hidden, 4); hidden == 0: Linear(D, 4). Decoded
-    by `decode_box`. Initialized to predict the centred box [0.25, 0.25, 0.75, 0.75] for any input.
+
+class BoxHeadBase(nn.Module):
+    """What every box head provides; `CarNet` and `CarModule` use box heads only through this.
+
+    Declared by each class:
+        reads_feature_map: True = `forward` reads the backbone's last feature map [B, C, h, w];
+            False = the pooled embeddings [B, D] (what a frozen-backbone feature cache must hold).
+        refines_from_true_boxes: True = a two-stage head (`stages`, `training_boxes`): its first
+            guess gets loss terms of its own ("box_first_*") and, in training, it also refines
+            windows around the true boxes ("box_jitter_*"); `CarModule` adds those terms.
+    Per instance:
+        reads_detail: `forward` also needs `detail`, the map of a finer backbone stage (`Encoded.detail`).
+    Methods:
+        from_config(backbone, config): the head for this backbone and `ModelConfig`; what
+            `create_box_head` calls (a head registered by name must define it).
+        forward(features, detail=None): boxes [B, 4], normalized xyxy in [0, 1] relative to the
+            network input; features is the feature map or the embeddings per `reads_feature_map`.
     """
 
-    reads_feature_map = False
+    reads_feature_map: ClassVar[bool]
+    refines_from_true_boxes: ClassVar[bool] = False
+    reads_detail: bool = False
 
-    def __init__(self, in_features: int, hidden: int = 256):
-        super().__init__()
-        self.hidden, self.fc = box_layers(in_features, hidden, "BoxHead")
+    @classmethod
+    def from_config(cls, backbone: Backbone, config: ModelConfig) -> BoxHeadBase:
+        raise NotImplementedError(f"{cls.__name__} cannot be built by name (no from_config)")
 
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return decode_box(self.fc(self.hidden(embeddings)))
+    def forward(self, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def stages(
+        self, features: torch.Tensor, detail: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(first guess [B, 4], box [B, 4], the state `training_boxes` reads); refining heads only."""
+        raise NotImplementedError(f"{type(self).__name__} does not refine (refines_from_true_boxes False)")
+
+    def training_boxes(self, state: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(boxes [N, 4], their targets [N, 4]) refined around the true boxes [B, 4] (N may be 0);
+        refining heads only."""
+        raise NotImplementedError(f"{type(self).__name__} does not refine (refines_from_true_boxes False)")
 
 
-class SpatialBoxHead(nn.Module):
+H = TypeVar("H", bound=type[BoxHeadBase])
+_BOX_HEADS: dict[str, type[BoxHeadBase]] = {}
+
+
+def register_box_head(name: str) -> Callable[[H], H]:
+    """Class decorator: the decorated `BoxHeadBase` subclass is the box head `model.box_input: name`.
+
+    Raises ValueError when the name is taken or the class does not declare the contract
+    (`reads_feature_map`, its own `from_config`).
+    """
+
+    def register(cls: H) -> H:
+        if name in _BOX_HEADS:
+            raise ValueError(
+                f"a box head named {name!r} is already registered ({_BOX_HEADS[name].__qualname__}); "
+                "choose another name"
+            )
+        if not (isinstance(cls, type) and issubclass(cls, BoxHeadBase)):
+            raise ValueError(f"box head {name!r}: {cls!r} is not a BoxHeadBase subclass")
+        if not isinstance(getattr(cls, "reads_feature_map", None), bool):
+            raise ValueError(
+                f"box head {name!r}: {cls.__qualname__} must declare reads_feature_map = True/False"
+            )
+        if getattr(cls.from_config, "__func__", None) is BoxHeadBase.from_config.__func__:
+            raise ValueError(
+                f"box head {name!r}: {cls.__qualname__} must define from_config(backbone, config)"
+            )
+        _BOX_HEADS[name] = cls
+        add_box_input(name)
+        return cls
+
+    return register
+
+
+def unregister_box_head(name: str) -> None:
+    """Forget a registered box head (not a built-in one); unknown names are ignored."""
+    remove_box_input(name)
+    _BOX_HEADS.pop(name, None)
+
+
+def box_head_names() -> tuple[str, ...]:
+    """The registered box heads' names, in registration order (built-in ones first)."""
+    return tuple(_BOX_HEADS)
+
+
+def box_head_type(name: str) -> type[BoxHeadBase]:
+    """The class registered as `name`; ValueError naming the known heads for an unknown name."""
+    try:
+        return _BOX_HEADS[name]
+    except KeyError:
+        known = ", ".join(repr(known) for known in _BOX_HEADS) or "none"
+        raise ValueError(f"unknown box head {name!r} (model.box_input); known: {known}") from None
+
+
+def create_box_head(name: str, backbone: Backbone, config: ModelConfig) -> BoxHeadBase:
+    """The box head registered as `name`, built for `backbone` and `config` (its `from_config`)."""
+    return box_head_type(name).from_config(backbone, config)
+
+
+# --- the built-in box heads ---------------------------------------------------------------------
+
+
+@register_box_head("map")
+class SpatialBoxHead(BoxHeadBase):
     """Feature map [B, C, h, w] -> one box per image [B, 4], normalized xyxy as `BoxHead`.
 
     Conv2d(C, channels, 1) -> ReLU -> flatten [B, channels * h * w] -> Linear(., hidden) -> ReLU
@@ -107,6 +221,7 @@ class SpatialBoxHead(nn.Module):
     flatten gives every grid cell its own weights, so the MLP sees where each feature is. `grid`
     (h, w) is the feature map size of the network input and is fixed at construction (the input
     size travels with the model); another size raises ValueError. Starts at the centred box.
+    model.box_input "map".
     """
 
     reads_feature_map = True
@@ -119,7 +234,13 @@ class SpatialBoxHead(nn.Module):
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=1), nn.ReLU(inplace=True))
         self.hidden, self.fc = box_layers(channels * self.grid[0] * self.grid[1], hidden, "SpatialBoxHead")
 
-    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, backbone: Backbone, config: ModelConfig) -> SpatialBoxHead:
+        """On the feature map of an image_size input (its grid is fixed here)."""
+        grid = backbone.feature_map_size(config.image_size)
+        return cls(backbone.feature_channels, grid, channels=config.box_channels, hidden=config.box_hidden)
+
+    def forward(self, feature_map: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
         if feature_map.ndim != 4 or tuple(feature_map.shape[-2:]) != self.grid:
             raise ValueError(
                 f"SpatialBoxHead was built for feature maps [B, C, {self.grid[0]}, {self.grid[1]}], got "
@@ -128,7 +249,31 @@ class SpatialBoxHead(nn.Module):
         return decode_box(self.fc(self.hidden(self.reduce(feature_map).flatten(1))))
 
 
-class CellBoxHead(nn.Module):
+@register_box_head("pooled")
+class BoxHead(BoxHeadBase):
+    """embeddings [B, D] -> one box per image [B, 4]: normalized xyxy in [0, 1] relative to the
+    network input (multiply by the input width / height for pixels). model.box_input "pooled".
+
+    hidden > 0: Linear(D, hidden) -> ReLU -> Linear(hidden, 4); hidden == 0: Linear(D, 4). Decoded
+    by `decode_box`. Initialized to predict the centred box [0.25, 0.25, 0.75, 0.75] for any input.
+    """
+
+    reads_feature_map = False
+
+    def __init__(self, in_features: int, hidden: int = 256):
+        super().__init__()
+        self.hidden, self.fc = box_layers(in_features, hidden, "BoxHead")
+
+    @classmethod
+    def from_config(cls, backbone: Backbone, config: ModelConfig) -> BoxHead:
+        return cls(backbone.num_features, hidden=config.box_hidden)
+
+    def forward(self, embeddings: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        return decode_box(self.fc(self.hidden(embeddings)))
+
+
+@register_box_head("cells")
+class CellBoxHead(BoxHeadBase):
     """Feature map [B, C, h, w] -> one box per image [B, 4], normalized xyxy, by weighted cell votes.
 
     Conv1x1(C, channels) -> ReLU -> Conv3x3(channels, channels) -> ReLU -> Conv1x1(channels, 5):
@@ -137,7 +282,7 @@ class CellBoxHead(nn.Module):
     inside the image and around the cell's centre, with a gradient everywhere. The box is the mean
     of the proposals weighted by the softmax of the scores over all cells (differentiable, no
     non-maximum suppression). Starts at uniform weights and sigmoid 0.5, i.e. the centred box
-    [0.25, 0.25, 0.75, 0.75] on a symmetric grid. Any grid size works.
+    [0.25, 0.25, 0.75, 0.75] on a symmetric grid. Any grid size works. model.box_input "cells".
     """
 
     reads_feature_map = True
@@ -156,7 +301,11 @@ class CellBoxHead(nn.Module):
         nn.init.normal_(self.out.weight, std=0.01)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, backbone: Backbone, config: ModelConfig) -> CellBoxHead:
+        return cls(backbone.feature_channels, channels=config.box_channels)
+
+    def forward(self, feature_map: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
         if feature_map.ndim != 4:
             raise ValueError(f"CellBoxHead reads feature maps [B, C, h, w], got {list(feature_map.shape)}")
         return self.vote(self.out(self.body(feature_map)))
@@ -215,7 +364,7 @@ def sample_windows(feature_map: torch.Tensor, windows: torch.Tensor, points: int
     )
 
 
-class RefinedBoxHead(nn.Module):
+class RefinedBoxHead(BoxHeadBase):
     """A first box head plus a second look: feature map [B, C, h, w] -> box [B, 4], normalized xyxy.
 
     The first head (`SpatialBoxHead` or `CellBoxHead`) guesses a box. The refinement then samples
@@ -233,13 +382,15 @@ class RefinedBoxHead(nn.Module):
     detached before the refinement in training, so each part learns its own job (in eval mode it is
     not, so a box Grad-CAM also sees through the first guess).
     The refinement starts by predicting the box that fills 1/expand of the window (the guess itself).
+    Not registered by name: `build_network` wraps the model.box_input head in it when model.box_refine > 0.
     """
 
     reads_feature_map = True
+    refines_from_true_boxes = True
 
     def __init__(
         self,
-        first: nn.Module,
+        first: BoxHeadBase,
         in_channels: int,
         channels: int = 64,
         hidden: int = 256,
@@ -305,3 +456,10 @@ class RefinedBoxHead(nn.Module):
         repeated = targets.repeat(self.jitter, 1)
         windows = jitter_windows(repeated, self.expand, shift=0.2, scale=0.3)
         return self.refine(reduced.repeat(self.jitter, 1, 1, 1), windows), repeated
+
+
+if box_head_names() != BUILTIN_BOX_INPUTS:  # the names carid.config accepts without importing torch
+    raise RuntimeError(
+        f"carid.models.heads registers the box heads {box_head_names()}, but carid.config.BUILTIN_BOX_INPUTS "
+        f"says {BUILTIN_BOX_INPUTS}: keep the two in step"
+    )

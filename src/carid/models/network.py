@@ -7,6 +7,9 @@
         feature map --CellBoxHead-----> box [B, 4]                     (model.box_input: cells)
         either map head --RefinedBoxHead (second look in a window) --> box   (model.box_refine > 0)
 
+The box head is the one registered under model.box_input (`create_box_head`, carid.models.heads);
+`CarNet` uses it only through the `BoxHeadBase` contract (what it reads, its forward signature).
+
 `encode(images)` gives both (an `Encoded`, plus the finer `detail` map a refined box head may
 sample), `forward_heads(embeddings, feature_map, detail)` runs the heads
 on them; the feature map may be None when the box head reads the pooled embeddings (or there is
@@ -31,7 +34,14 @@ from torch import nn
 
 from carid.config import ModelConfig
 from carid.models.backbones import Backbone, InputSpec, create_backbone
-from carid.models.heads import BoxHead, CellBoxHead, ClassHead, RefinedBoxHead, SpatialBoxHead
+from carid.models.heads import (
+    BoxHeadBase,
+    ClassHead,
+    RefinedBoxHead,
+    box_head_names,
+    box_head_type,
+    create_box_head,
+)
 
 
 class Encoded(NamedTuple):
@@ -59,7 +69,7 @@ class CarNet(nn.Module):
         self,
         backbone: Backbone,
         class_head: ClassHead,
-        box_head: BoxHead | SpatialBoxHead | CellBoxHead | RefinedBoxHead | None = None,
+        box_head: BoxHeadBase | None = None,
         detail_index: int | None = None,
     ):
         super().__init__()
@@ -88,7 +98,7 @@ class CarNet(nn.Module):
     @property
     def box_reads_detail(self) -> bool:
         """The box head also reads a finer backbone map (`Encoded.detail`; a cache must hold it)."""
-        return bool(getattr(self.box_head, "reads_detail", False))
+        return self.box_head is not None and self.box_head.reads_detail
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -132,7 +142,7 @@ class CarNet(nn.Module):
                     "the box head reads the backbone's feature map (model.box_input: map), but only "
                     "pooled embeddings were given: pass feature_map (see CarNet.encode)"
                 )
-            elif isinstance(self.box_head, RefinedBoxHead):
+            elif self.box_head.reads_detail:
                 box = self.box_head(feature_map, detail)
             else:
                 box = self.box_head(feature_map)
@@ -214,9 +224,10 @@ def wants_box_head(setting: Literal["auto", "on", "off"], dataset_has_boxes: boo
 
 def build_network(config: ModelConfig, num_classes: int, with_box: bool) -> CarNet:
     """The CarNet described by `config` for `num_classes` classes, with a box head when `with_box`:
-    a `SpatialBoxHead` on the feature map of an image_size input (box_input "map") or a `BoxHead`
-    on the pooled embeddings (box_input "pooled"), or a `CellBoxHead` on the feature map (box_input
-    "cells"), wrapped in a `RefinedBoxHead` when box_refine > 0 (map or cells only).
+    the head registered as config.box_input (`create_box_head`; built in: a `SpatialBoxHead` on the
+    feature map of an image_size input ("map"), a `BoxHead` on the pooled embeddings ("pooled"), a
+    `CellBoxHead` on the feature map ("cells")), wrapped in a `RefinedBoxHead` when box_refine > 0
+    (heads that read the feature map only).
 
     To rebuild a trained network from a checkpoint, pass the run's config with pretrained="none"
     (no weight packages or downloads needed) and then load the state dict.
@@ -227,20 +238,13 @@ def build_network(config: ModelConfig, num_classes: int, with_box: bool) -> CarN
         raise ValueError(
             f"model.box_refine must be >= 0 (looks of the second box stage), got {config.box_refine}"
         )
-    if with_box and config.box_refine and config.box_input == "pooled":
+    if with_box and config.box_refine and not box_head_type(config.box_input).reads_feature_map:
+        map_heads = [repr(name) for name in box_head_names() if box_head_type(name).reads_feature_map]
         raise ValueError(
-            "model.box_refine samples the feature map, but model.box_input is 'pooled'; use 'map' or 'cells'"
+            f"model.box_refine samples the feature map, but model.box_input is {config.box_input!r}; "
+            f"use {' or '.join(map_heads)}"
         )
-    box_head: BoxHead | SpatialBoxHead | CellBoxHead | RefinedBoxHead | None = None
-    if with_box and config.box_input == "cells":
-        box_head = CellBoxHead(backbone.feature_channels, channels=config.box_channels)
-    elif with_box and config.box_input == "map":
-        grid = backbone.feature_map_size(config.image_size)
-        box_head = SpatialBoxHead(
-            backbone.feature_channels, grid, channels=config.box_channels, hidden=config.box_hidden
-        )
-    elif with_box:
-        box_head = BoxHead(backbone.num_features, hidden=config.box_hidden)
+    box_head = create_box_head(config.box_input, backbone, config) if with_box else None
     detail_index = None
     if box_head is not None and config.box_refine:
         channels = backbone.feature_channels

@@ -32,7 +32,8 @@ from PIL import Image, ImageDraw, ImageFont
 from carid.errors import CaridError
 from carid.files import write_atomic, write_json
 from carid.images import IMAGE_SUFFIXES, ImageError, is_image_file, load_rgb
-from carid.runtime.predictor import LevelScore, Prediction, Predictor
+from carid.runtime.predictor import Predictor
+from carid.runtime.results import LevelScore, Prediction
 
 PREDICTIONS_FORMAT = "carid.predictions"
 PREDICTIONS_VERSION = 1

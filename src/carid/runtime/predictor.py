@@ -9,30 +9,29 @@
 
 `Predictor.load(path)` accepts a bundle folder (or its model.json), a `.ckpt` checkpoint, a run
 folder (its `export/` bundle when present, else `checkpoints/best.ckpt` on PyTorch), or an ensemble
-folder (ensemble.json: `carid.evaluation.ensemble.EnsemblePredictor`, which runs each member bundle
-on its own preprocessing and combines their probabilities). A bundle's enrolled classes (`carid enroll`,
-`carid.enroll.store`) are scored from the embedding output and follow the trained classes. backend="auto"
-picks ONNX Runtime for bundles and PyTorch for checkpoints; backend="torch" on a bundle runs the
-bundle's source checkpoint with the bundle's calibration (to compare the two backends).
+folder (ensemble.json: `carid.runtime.ensemble.EnsemblePredictor`, which runs each member bundle
+on its own preprocessing and combines their probabilities; it registers itself as the loader of
+ensemble folders with `register_loader`). A bundle's enrolled classes (`carid enroll`,
+`carid.artifacts.enrolment`) are scored from the embedding output and follow the trained classes.
+backend="auto" picks ONNX Runtime for bundles and PyTorch for checkpoints; backend="torch" on a
+bundle runs the bundle's source checkpoint with the bundle's calibration (to compare the two backends).
 tta="hflip" also scores each photo's mirror image and averages the two (`carid.runtime.tta`; for an
 ensemble, each member does).
 
 This module imports without torch (the slim install: numpy, Pillow, onnxruntime); torch is imported
-only when the torch backend is asked for. `Prediction` and its parts are frozen dataclasses whose
-`to_dict()` is what the CLI, the REST API and the web page show.
+only when the torch backend is asked for. Results are `carid.runtime.results`, inputs
+`carid.runtime.inputs`, backends `carid.runtime.backends`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import pickle
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -42,373 +41,57 @@ from carid.artifacts.bundle import (
     BOX,
     EMBEDDING,
     ENSEMBLE_FILE,
-    INPUT_NAME,
     LOGITS,
     METADATA_FILE,
     Bundle,
     BundleError,
     BundleMetadata,
 )
-from carid.errors import CaridError
-from carid.evaluation.calibration import apply_temperature, apply_unknown
-from carid.images import ImageError, to_rgb
-from carid.preprocess import Geometry, PreprocessSpec, load_image, preprocess
-
-if TYPE_CHECKING:
-    from carid.enroll.store import Enrolment
+from carid.artifacts.run_dir import BEST_CHECKPOINT, RunDir, is_bundle_dir, is_ensemble_dir
+from carid.preprocess import PreprocessSpec
+from carid.runtime.backends import (
+    BACKENDS,
+    BackendName,
+    InferenceBackend,
+    OnnxBackend,
+    PredictorError,
+    TorchBackend,
+    check_input_size,
+    file_sha256,
+)
+from carid.runtime.calibration import apply_temperature, apply_unknown
+from carid.runtime.inputs import ImageInput, PreparedImage, _ms_since, prepare_image, source_name
+from carid.runtime.results import (
+    ROLL_UP_LEVELS,
+    UNKNOWN_LABEL,
+    Box,
+    ClassScore,
+    LevelScore,
+    Prediction,
+    Timing,
+)
 from carid.runtime.tta import TtaError, check_mode, tta_of, with_tta
 from carid.taxonomy import Taxonomy, roll_up
 
+if TYPE_CHECKING:
+    from carid.artifacts.enrolment import Enrolment
+
+
 log = logging.getLogger(__name__)
 
-BackendName = Literal["auto", "onnx", "torch"]
-BACKENDS: tuple[str, ...] = ("auto", "onnx", "torch")
-UNKNOWN_LABEL = "unknown"
-ROLL_UP_LEVELS: tuple[str, ...] = ("make", "body_type", "year")
-RUN_EXPORT_DIR = "export"  # `carid export RUN` writes RUN/export; `Predictor.load(RUN)` looks there
-RUN_CHECKPOINT = Path("checkpoints") / "best.ckpt"
-TORCH_MISSING = (
-    "the torch backend needs PyTorch (pip install 'carid[train]'); without it, export the model "
-    "with `carid export` and predict with the bundle on ONNX Runtime"
-)
 
-ImageInput = str | Path | bytes | Image.Image
-
-
-class PredictorError(CaridError, ValueError):
-    """A model that cannot be loaded or run as asked; the message names the path and the problem."""
-
-
-# --- results -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    """One of the top-k classes: its index and name, probability and the parts of its name.
-
-    make / model / body_type / year: from the bundle's taxonomy; None when the model has none or
-    its class names are no car names ("red", "Abyssinian"); for a make-, body-type- or year-level
-    model the class itself fills its own field.
-    """
-
-    index: int
-    label: str
-    probability: float
-    make: str | None = None
-    model: str | None = None
-    body_type: str | None = None
-    year: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "label": self.label,
-            "probability": round(self.probability, 6),
-            "make": self.make,
-            "model": self.model,
-            "body_type": self.body_type,
-            "year": self.year,
-        }
-
-
-@dataclass(frozen=True)
-class LevelScore:
-    """The most likely value at a taxonomy level (make, body type or year) and its probability,
-    the sum of the probabilities of the classes with that value (`carid.taxonomy.roll_up`)."""
-
-    value: str
-    probability: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "probability": round(self.probability, 6)}
-
-
-@dataclass(frozen=True)
-class Box:
-    """The car's box in the original photo: absolute xyxy pixels, clipped to the photo."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-    def to_list(self) -> list[float]:
-        return [self.x1, self.y1, self.x2, self.y2]
-
-    def to_dict(self) -> dict[str, float]:
-        names = ("x1", "y1", "x2", "y2")
-        return {name: round(value, 2) for name, value in zip(names, self.to_list(), strict=True)}
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Milliseconds spent on one image. inference_ms is the batch's run time divided by its size."""
-
-    decode_ms: float = 0.0
-    preprocess_ms: float = 0.0
-    inference_ms: float = 0.0
-
-    @property
-    def total_ms(self) -> float:
-        return self.decode_ms + self.preprocess_ms + self.inference_ms
-
-    def to_dict(self) -> dict[str, float]:
-        return {
-            "decode_ms": round(self.decode_ms, 3),
-            "preprocess_ms": round(self.preprocess_ms, 3),
-            "inference_ms": round(self.inference_ms, 3),
-            "total_ms": round(self.total_ms, 3),
-        }
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What the model says about one image, or why it could not say anything (`error`).
-
-    source: the path as given, or a name for bytes / PIL inputs.
-    label: the top-1 class, or "unknown" when its probability is below the bundle's unknown
-        threshold (`unknown` True; `top_k` still lists the classes). None when `error` is set.
-    probability: the top-1 class probability (after temperature scaling).
-    make / body_type / year: the most likely value at each taxonomy level with its rolled-up
-        probability (None when the model's classes do not say it). Given also when the label is
-        "unknown": the make can be clear when the exact model is not.
-    box: the car in the original photo's pixels (None without a box head).
-    image_size: (width, height) of the photo after EXIF orientation.
-    """
-
-    source: str
-    label: str | None = None
-    probability: float | None = None
-    unknown: bool = False
-    top_k: tuple[ClassScore, ...] = ()
-    make: LevelScore | None = None
-    body_type: LevelScore | None = None
-    year: LevelScore | None = None
-    box: Box | None = None
-    image_size: tuple[int, int] | None = None
-    timing: Timing = field(default_factory=Timing)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def top1(self) -> ClassScore | None:
-        """The most likely class (also when the label is "unknown")."""
-        return self.top_k[0] if self.top_k else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "ok": self.ok,
-            "error": self.error,
-            "label": self.label,
-            "probability": None if self.probability is None else round(self.probability, 6),
-            "unknown": self.unknown,
-            "top_k": [score.to_dict() for score in self.top_k],
-            "make": None if self.make is None else self.make.to_dict(),
-            "body_type": None if self.body_type is None else self.body_type.to_dict(),
-            "year": None if self.year is None else self.year.to_dict(),
-            "box": None if self.box is None else self.box.to_dict(),
-            "image_size": None if self.image_size is None else list(self.image_size),
-            "timing": self.timing.to_dict(),
-        }
-
-
-# --- preparing images -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """One image ready for the network: array float32 [3, H, W] and its Geometry, or an error."""
-
-    name: str
-    array: np.ndarray | None = field(default=None, repr=False)
-    geometry: Geometry | None = None
-    decode_ms: float = 0.0
-    preprocess_ms: float = 0.0
-    error: str | None = None
-
-
-def source_name(image: object, index: int) -> str:
-    """How an input is named in results and errors: the path, a PIL image's file name, or "<image i>"."""
-    if isinstance(image, str | Path):
-        return str(image)
-    filename = getattr(image, "filename", None)
-    if isinstance(image, Image.Image) and isinstance(filename, str) and filename:
-        return filename
-    return f"<image {index}>"
-
-
-def prepare_image(image: ImageInput, spec: PreprocessSpec, name: str) -> PreparedImage:
-    """Decode and preprocess one input exactly as the network's training evaluation did.
-
-    Never raises for a bad image: the returned `error` names the image and the problem.
-    """
-    started = time.perf_counter()
-    try:
-        if isinstance(image, Image.Image):
-            rgb, original_size = to_rgb(image), None
-        elif isinstance(image, str | Path | bytes | bytearray | memoryview):
-            source = Path(image) if isinstance(image, str | Path) else bytes(image)
-            decoded = load_image(source, spec, name=name)
-            rgb, original_size = decoded.image, decoded.original_size
-        else:
-            return PreparedImage(
-                name,
-                error=f"{name}: unsupported input {type(image).__name__} (give a path, bytes or a PIL image)",
-            )
-        decoded_at = time.perf_counter()
-        array, geometry = preprocess(rgb, spec, original_size=original_size)
-    except ImageError as exc:
-        return PreparedImage(name, error=str(exc), decode_ms=_ms_since(started))
-    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors on odd in-memory images
-        return PreparedImage(
-            name, error=f"{name}: cannot use this image ({exc})", decode_ms=_ms_since(started)
-        )
-    return PreparedImage(
-        name=name,
-        array=array,
-        geometry=geometry,
-        decode_ms=(decoded_at - started) * 1000.0,
-        preprocess_ms=_ms_since(decoded_at),
-    )
-
-
-def _ms_since(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
-
-
-# --- backends --------------------------------------------------------------------------------------
-
-
-class InferenceBackend(Protocol):
-    """Runs the network: float32 [B, 3, H, W] -> {output name: array}, names from `output_names`."""
-
-    name: str
-    output_names: tuple[str, ...]
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-def default_providers() -> list[str]:
-    """CUDA when this onnxruntime build has it, then CPU."""
-    import onnxruntime
-
-    available = set(onnxruntime.get_available_providers())
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-class OnnxBackend:
-    """An ONNX Runtime session over a bundle's model.onnx."""
-
-    name = "onnx"
-
-    def __init__(
-        self,
-        model_path: Path | str,
-        input_name: str = INPUT_NAME,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-    ) -> None:
-        import onnxruntime
-
-        self.model_path = Path(model_path)
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.model_path),
-                sess_options=options,
-                providers=list(providers) if providers else default_providers(),
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-            raise BundleError(f"{self.model_path}: ONNX Runtime cannot load the model ({exc})") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != input_name:
-            found = ", ".join(item.name for item in inputs)
-            raise BundleError(f"{self.model_path}: expected one input named {input_name!r}, found {found}")
-        self.input_name = input_name
-        self.input_shape = tuple(inputs[0].shape)
-        self.output_names = tuple(output.name for output in self.session.get_outputs())
-        batch_dim = self.input_shape[0] if self.input_shape else None
-        self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.fixed_batch is None or len(batch) == self.fixed_batch:
-            values = self.session.run(None, {self.input_name: batch})
-            return dict(zip(self.output_names, values, strict=True))
-        if self.fixed_batch != 1:
-            raise PredictorError(
-                f"{self.model_path}: the graph takes batches of exactly {self.fixed_batch} images"
-            )
-        parts = [self.run(batch[i : i + 1]) for i in range(len(batch))]
-        return {name: np.concatenate([part[name] for part in parts]) for name in self.output_names}
-
-
-class TorchBackend:
-    """A `CarNet` on PyTorch (eval mode, no gradients); outputs named as in the ONNX export."""
-
-    name = "torch"
-
-    def __init__(self, network: Any, device: str = "cpu") -> None:
-        torch = _import_torch()
-        self.torch = torch
-        self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
-        self.output_names = (*network.output_names, EMBEDDING)
-
-    @classmethod
-    def from_checkpoint(
-        cls, checkpoint: Path | str, device: str = "cpu", threads: int | None = None
-    ) -> tuple[TorchBackend, dict[str, Any]]:
-        """(backend, the checkpoint's carid metadata as plain types). threads: torch.set_num_threads."""
-        torch = _import_torch()
-        if threads:
-            torch.set_num_threads(int(threads))
-        from carid.training.module import load_for_inference
-
-        try:
-            network, metadata = load_for_inference(checkpoint, device=device)
-        except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
-            raise PredictorError(f"{checkpoint}: cannot load the checkpoint ({exc})") from None
-        return cls(network, device=device), metadata.to_dict()
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        torch = self.torch
-        with torch.inference_mode():
-            images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            encoded = self.network.encode(images)
-            output = self.network.forward_heads(*encoded)
-            result = {LOGITS: output.logits, EMBEDDING: encoded.embeddings}
-            if output.box is not None:
-                result[BOX] = output.box
-            return {name: tensor.float().cpu().numpy() for name, tensor in result.items()}
-
-
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise PredictorError(TORCH_MISSING) from None
-    return torch
-
-
-def file_sha256(path: Path | str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --- the predictor -----------------------------------------------------------------------------------
+PredictorLoader = Callable[..., "Predictor"]
+_LOADERS: dict[str, PredictorLoader] = {}
+
+
+def register_loader(kind: str, loader: PredictorLoader) -> None:
+    """Let `Predictor.load` hand folders of `kind` ("ensemble") to `loader(path, backend, *,
+    providers, threads, device, tta)`. `carid.runtime.ensemble` registers itself this way (the
+    `carid.runtime` package imports it), which keeps the ensemble predictor, a `Predictor` subclass,
+    out of this module without an import circle. A second loader for the same kind is refused."""
+    if kind in _LOADERS and _LOADERS[kind] is not loader:
+        raise ValueError(f"a predictor loader for {kind!r} is registered already")
+    _LOADERS[kind] = loader
 
 
 @dataclass(frozen=True)
@@ -496,12 +179,11 @@ class Predictor:
             tta = check_mode(tta)
         except TtaError as exc:
             raise PredictorError(str(exc)) from None
-        if (path.is_dir() and (path / ENSEMBLE_FILE).is_file()) or path.name == ENSEMBLE_FILE:
-            from carid.evaluation.ensemble import EnsemblePredictor
-
-            return EnsemblePredictor.load(
-                path, backend, providers=providers, threads=threads, device=device, tta=tta
-            )
+        if is_ensemble_dir(path) or path.name == ENSEMBLE_FILE:
+            load_ensemble = _LOADERS.get("ensemble")
+            if load_ensemble is None:  # only when carid.runtime.ensemble was never imported
+                raise PredictorError(f"{path}: no loader for ensembles is registered")
+            return load_ensemble(path, backend, providers=providers, threads=threads, device=device, tta=tta)
         predictor = cls._load_one(path, backend, providers, threads, device, enrolled)
         predictor.backend = with_tta(predictor.backend, tta)  # type: ignore[assignment]
         return predictor
@@ -517,7 +199,7 @@ class Predictor:
         enrolled: bool,
     ) -> Predictor:
         """A predictor for one model (not an ensemble), without TTA; see `load`."""
-        if (path.is_dir() and (path / METADATA_FILE).is_file()) or path.name == METADATA_FILE:
+        if is_bundle_dir(path) or path.name == METADATA_FILE:
             return cls._from_bundle(Bundle.load(path), backend, providers, threads, device, enrolled)
         if path.is_file() and path.suffix == ".onnx":
             if not (path.parent / METADATA_FILE).is_file():
@@ -532,11 +214,12 @@ class Predictor:
                     "to predict on ONNX Runtime"
                 )
             return cls._from_checkpoint(path, threads=threads, device=device)
-        if path.is_dir() and ((path / RUN_CHECKPOINT).is_file() or (path / RUN_EXPORT_DIR).is_dir()):
-            return cls._from_run(path, backend, providers, threads, device, enrolled)
+        run = RunDir(path)
+        if path.is_dir() and (run.best_checkpoint.is_file() or run.export.is_dir()):
+            return cls._from_run(run, backend, providers, threads, device, enrolled)
         raise PredictorError(
             f"{path}: not a model: expected a bundle folder (with {METADATA_FILE}), a .ckpt checkpoint "
-            f"or a run folder (with {RUN_CHECKPOINT.as_posix()})"
+            f"or a run folder (with {BEST_CHECKPOINT.as_posix()})"
         )
 
     @classmethod
@@ -558,7 +241,7 @@ class Predictor:
                     f"{bundle.model_path}: the graph has outputs {list(onnx.output_names)}, "
                     f"but {bundle.metadata_path} field 'output_names' lists {list(metadata.output_names)}"
                 )
-            _check_input_size(onnx, metadata, bundle.model_path)
+            check_input_size(onnx, metadata, bundle.model_path)
             return cls(onnx, metadata, bundle.path, _enrolment(bundle, enrolled))
         checkpoint = metadata.source_checkpoint
         if not checkpoint or not Path(checkpoint).is_file():
@@ -599,24 +282,23 @@ class Predictor:
     @classmethod
     def _from_run(
         cls,
-        run_dir: Path,
+        run: RunDir,
         backend: str,
         providers: Sequence[str] | None,
         threads: int | None,
         device: str,
         enrolled: bool = True,
     ) -> Predictor:
-        export = run_dir / RUN_EXPORT_DIR
-        if backend != "torch" and (export / METADATA_FILE).is_file():
-            return cls._from_bundle(Bundle.load(export), "onnx", providers, threads, device, enrolled)
+        if backend != "torch" and run.has_export():
+            return cls._from_bundle(Bundle.load(run.export), "onnx", providers, threads, device, enrolled)
         if backend == "onnx":
             raise PredictorError(
-                f"{run_dir}: the run has no export in {export}; run `carid export {run_dir}`"
+                f"{run.path}: the run has no export in {run.export}; run `carid export {run.path}`"
             )
-        checkpoint = run_dir / RUN_CHECKPOINT
+        checkpoint = run.best_checkpoint
         if not checkpoint.is_file():
-            raise PredictorError(f"{run_dir}: the run has no {RUN_CHECKPOINT.as_posix()}")
-        return cls._from_checkpoint(checkpoint, threads, device, _export_calibration(export, checkpoint))
+            raise PredictorError(f"{run.path}: the run has no {BEST_CHECKPOINT.as_posix()}")
+        return cls._from_checkpoint(checkpoint, threads, device, _export_calibration(run.export, checkpoint))
 
     # --- predicting ------------------------------------------------------------------------------
 
@@ -879,7 +561,7 @@ def _enrolment(bundle: Bundle, enrolled: bool) -> Enrolment | None:
     """The bundle's enrolled classes when asked for; EnrolError (a PredictorError) when broken."""
     if not enrolled or bundle.metadata.enrolment is None:
         return None
-    from carid.enroll.store import EnrolError, load_enrolment
+    from carid.artifacts.enrolment import EnrolError, load_enrolment
 
     try:
         return load_enrolment(bundle)
@@ -893,20 +575,6 @@ def with_enrolled_classes(metadata: BundleMetadata, labels: Sequence[str]) -> Bu
     names = (*metadata.class_names, *labels)
     taxonomy = None if metadata.taxonomy is None else Taxonomy.from_class_names(names).to_dict()
     return replace(metadata, class_names=names, taxonomy=taxonomy)
-
-
-def _check_input_size(backend: OnnxBackend, metadata: BundleMetadata, model_path: Path) -> None:
-    """The graph's fixed input height and width must be the preprocessing size."""
-    spec = metadata.preprocess_spec()
-    shape = backend.input_shape
-    if len(shape) != 4:
-        raise BundleError(f"{model_path}: the input has shape {list(shape)}, expected [batch, 3, H, W]")
-    for axis, expected in ((2, spec.height), (3, spec.width)):
-        if isinstance(shape[axis], int) and shape[axis] != expected:
-            raise BundleError(
-                f"{model_path}: the graph takes {shape[2]}x{shape[3]} inputs but model.json 'preprocess' "
-                f"says {spec.height}x{spec.width}"
-            )
 
 
 def _export_calibration(export: Path, checkpoint: Path) -> dict[str, Any]:

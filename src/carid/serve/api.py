@@ -54,7 +54,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carid import __version__
 from carid.errors import CaridError
-from carid.runtime.predictor import BACKENDS, ROLL_UP_LEVELS, Prediction, Predictor
+from carid.runtime.backends import BACKENDS
+from carid.runtime.predictor import Predictor
+from carid.runtime.results import ROLL_UP_LEVELS, Prediction
 from carid.runtime.tta import TTA_MODES
 from carid.serve.limits import (
     DEFAULT_MAX_PIXELS,

@@ -1,4 +1,5 @@
-"""Training callbacks: staged unfreezing of the backbone (a Lightning `BaseFinetuning`).
+"""Training callbacks: staged unfreezing of the backbone (a Lightning `BaseFinetuning`), and the
+callbacks of a run (`build_callbacks`: checkpointing, LR monitor, progress bar, early stopping).
 
 `StagedUnfreezing` follows `TrainConfig.freeze` and `TrainConfig.unfreeze`:
 
@@ -24,14 +25,24 @@ refuses that combination with a clear message. A fixed `freeze` works with DDP.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.callbacks import (
+    BaseFinetuning,
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from torch import nn
 from torch.optim import Optimizer
 
-from carid.config import UnfreezeStep
+from carid.config import Config, UnfreezeStep
+from carid.training.run_setup import BEST, CHECKPOINT_DIR
 
 ALL = "none"  # `freeze` value meaning: nothing frozen
 BACKBONE = "backbone"  # `freeze` value meaning: the whole backbone frozen
@@ -115,3 +126,47 @@ class StagedUnfreezing(BaseFinetuning):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.current = None  # re-applied from the schedule at the next epoch start
+
+
+def build_callbacks(
+    config: Config, run_dir: Path, monitor: str | None, progress: bool
+) -> tuple[ModelCheckpoint, list[Callback]]:
+    """Checkpointing (best by `monitor`, the latest epoch when None, + last), LR monitor, progress
+    bar, early stopping, unfreezing."""
+    mode = "min" if monitor is None else monitor_mode(monitor)
+    checkpointing = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_DIR,
+        filename=BEST,
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [checkpointing, LearningRateMonitor(logging_interval="epoch")]
+    callbacks += progress_bar(progress)
+    if config.train.early_stopping_patience > 0 and monitor is not None:
+        callbacks.append(
+            EarlyStopping(monitor=monitor, mode=mode, patience=config.train.early_stopping_patience)
+        )
+    unfreezing = StagedUnfreezing(config.train.freeze, config.train.unfreeze)
+    if unfreezing.is_active:
+        callbacks.append(unfreezing)
+    return checkpointing, callbacks
+
+
+def progress_bar(progress: bool) -> list[Callback]:
+    """The console progress bar (rich when installed, else tqdm); none when `progress` is False."""
+    if not progress:
+        return []
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return [TQDMProgressBar()]
+    return [RichProgressBar(leave=True)]
+
+
+def monitor_mode(monitor: str) -> str:
+    """ "min" for a loss, "max" for anything else (accuracy, IoU)."""
+    return "min" if "loss" in monitor.split("/")[-1] else "max"

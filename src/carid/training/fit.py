@@ -1,6 +1,6 @@
 """`train`: one `Config` in, one run directory out. What `carid train CONFIG.yaml` calls.
 
-The run directory `{config.run_dir}/{name}/` holds:
+The run directory `{config.run_dir}/{name}/` (named as `carid.training.run_setup` says) holds:
 
     config.yaml            the resolved config (every key, defaults included)
     split.csv (+ .json)    the exact train/val/test split used (reused on resume)
@@ -11,77 +11,48 @@ The run directory `{config.run_dir}/{name}/` holds:
     lr_find.json/.png      the learning-rate finder's curve and suggestion (when `train.lr_find`)
     summary.json           what the run did: best score, last metrics, epochs, timing, data counts
 
-Data: `config.data.split_csv` when set, else `config.data.path` (or the default shared dataset via
-`resolve_data_path`) read, checked and split by `inspect_dataset`; samples with error-level
-problems are left out. With `data.label_level` other than "class", labels are mapped through the
-taxonomy parsed from the class names.
+The parts, each in a module of its own: the data and classes (`carid.training.run_data`), the run
+folder name (`run_setup`), hardware and DDP (`hardware`), metrics.csv and TensorBoard (`loggers`), the
+callbacks (`callbacks`) and the learning-rate finder (`lr_find`).
 
-Name: `config.name`, else the name given by the caller (the CLI passes the config file's stem), else
-"{backbone}-{label level}-{size}px"; an automatic name gets "-2", "-3", ... when a run of that name
-exists. `resume=True` continues the run of that name (the newest numbered one for automatic names)
-from `checkpoints/last.ckpt` up to `train.epochs`; metrics.csv keeps the rows of completed epochs.
-
-Hardware: `train.accelerator/devices/strategy` go to the Trainer as they are, except that DDP on
-CPU gets the gloo backend (`DDPStrategy(process_group_backend="gloo")`) so that `strategy: ddp,
-accelerator: cpu, devices: 2` works by config alone. Lightning's DDP launcher re-runs the command
-for the other ranks; those find the run directory through the `CARID_TRAIN_RUN_DIR` environment
-variable and read the split from it, and only rank 0 writes files. precision "auto" is
-"bf16-mixed" (or "16-mixed") when CUDA is used, else 32-bit.
+`resume=True` continues the run of that name from `checkpoints/last.ckpt` up to `train.epochs`;
+metrics.csv keeps the rows of completed epochs. Under DDP only rank 0 writes files; the other ranks
+read the split from the run directory.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
-import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    RichProgressBar,
-    TQDMProgressBar,
-)
-from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 
 from carid import __version__
-from carid.config import (
-    Config,
-    ConfigError,
-    apply_overrides,
-    load_config,
-    resolve_data_path,
-    save_config,
-    to_dict,
-)
-from carid.data.samples import SampleTable
-from carid.data.split import load_split, save_split, splits_of
-from carid.files import write_atomic, write_json
+from carid.artifacts.checkpoint import ModelMetadata
+from carid.config import Config, ConfigError, apply_overrides, load_config, save_config, to_dict
+from carid.files import write_json
 from carid.preprocess import INTERPOLATIONS, PreprocessSpec
-from carid.reporting import figure_png
-from carid.taxonomy import Taxonomy
-from carid.training.callbacks import StagedUnfreezing
+from carid.training.callbacks import build_callbacks, monitor_mode
 from carid.training.datamodule import CarDataModule, sample_label
-from carid.training.module import CarModule, ModelMetadata
+from carid.training.hardware import is_distributed, resolve_precision, resolve_strategy, uses_cuda
+from carid.training.loggers import ResumableCSVLogger, checkpoint_progress, tensorboard_logger
+from carid.training.lr_find import find_lr
+from carid.training.module import CarModule
 from carid.training.plots import epoch_metrics, plot_curves
+from carid.training.run_data import PreparedData, load_run_data, prepare_labels
+from carid.training.run_setup import BEST, CHECKPOINT_DIR, LAST, RUN_DIR_ENV, is_ddp_worker, resolve_run_dir
 
 log = logging.getLogger(__name__)
 
-RUN_DIR_ENV = "CARID_TRAIN_RUN_DIR"
 # Lightning warnings that say nothing useful about a carid run: few loader workers is the user's
 # choice, tiny datasets log less often than every 50 steps, the run dir holds carid's own files
 # (metrics.csv is handled by `ResumableCSVLogger`; checkpoints/ is reused on resume), and frozen
@@ -93,9 +64,6 @@ QUIET_WARNINGS = (
     ".*Checkpoint directory .* exists and is not empty.*",
     ".*module\\(s\\) in eval mode at the start of training.*",
 )
-CHECKPOINT_DIR = "checkpoints"
-BEST = "best"
-LAST = "last"
 
 
 @dataclass(frozen=True)
@@ -118,306 +86,6 @@ class RunResult:
             "last_checkpoint": None if self.last_checkpoint is None else str(self.last_checkpoint),
             "metrics": dict(self.metrics),
         }
-
-
-# --- config and run directory ------------------------------------------------------------------
-
-
-def default_run_name(config: Config) -> str:
-    return f"{config.model.backbone}-{config.data.label_level}-{config.model.image_size}px"
-
-
-def _safe_name(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
-    if not cleaned:
-        raise ConfigError(f"name: {name!r} is not usable as a folder name")
-    return cleaned
-
-
-def _holds_run(folder: Path) -> bool:
-    return (folder / CHECKPOINT_DIR).is_dir() and any((folder / CHECKPOINT_DIR).glob("*.ckpt"))
-
-
-def resolve_run_dir(config: Config, resume: bool, default_name: str | None = None) -> Path:
-    """The run directory (absolute; not created here). See the module docstring for the naming rules."""
-    root = Path(config.run_dir).expanduser().resolve()
-    if config.name:
-        folder = root / _safe_name(config.name)
-        if not resume and _holds_run(folder):
-            raise ConfigError(
-                f"{folder} already holds a run; pass --resume to continue it "
-                "or choose another name (--set name=...)"
-            )
-        return folder
-    base = _safe_name(default_name or default_run_name(config))
-    numbered = re.compile(re.escape(base) + r"(?:-(\d+))?")
-    existing: list[tuple[int, Path]] = []
-    if root.is_dir():
-        for folder in root.iterdir():
-            match = numbered.fullmatch(folder.name)
-            if match and folder.is_dir():
-                existing.append((int(match.group(1) or 1), folder))
-    if resume and existing:
-        return max(existing)[1]
-    number = 1
-    while True:
-        folder = root / (base if number == 1 else f"{base}-{number}")
-        if not _holds_run(folder) and not (folder / "summary.json").exists():
-            return folder
-        number += 1
-
-
-def _is_ddp_worker() -> bool:
-    """True in the processes Lightning's DDP launcher starts for ranks other than 0."""
-    ranks = (os.environ.get("LOCAL_RANK", "0"), os.environ.get("NODE_RANK", "0"))
-    return bool(os.environ.get(RUN_DIR_ENV)) and any(rank not in ("", "0") for rank in ranks)
-
-
-# --- data -----------------------------------------------------------------------------------------
-
-
-class LevelLabel:
-    """Sample -> its class's value at a taxonomy level (a picklable `label_of` for the datamodule)."""
-
-    def __init__(self, mapping: Mapping[str, str]) -> None:
-        self.mapping = dict(mapping)
-
-    def __call__(self, sample) -> str | None:
-        return None if sample.label is None else self.mapping.get(sample.label, sample.label)
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """The split table and what the network learns from it."""
-
-    table: SampleTable
-    classes: list[str]
-    label_of: Any
-    taxonomy: dict[str, Any] | None
-    source: str
-
-
-def _table_with_splits(table: SampleTable, splits: Sequence[str]) -> SampleTable:
-    return table.with_samples(s.with_(split=split) for s, split in zip(table.samples, splits, strict=True))
-
-
-def load_run_data(
-    config: Config, run_dir: Path, reuse_split: bool, write: bool, progress: bool
-) -> SampleTable:
-    """The samples with their split: the run's split.csv (resume), a given split CSV, or inspected data."""
-    run_split = run_dir / "split.csv"
-    if reuse_split and run_split.exists():
-        return load_split(run_split)
-    if config.data.split_csv:
-        split_path = Path(config.data.split_csv).expanduser()
-        if not split_path.exists():
-            raise ConfigError(f"data.split_csv: {split_path}: no such file")
-        table = load_split(split_path)
-        if write:
-            save_split(table, splits_of(table), run_split, seed=config.data.seed)
-        return table
-    from carid.data.inspect import inspect_dataset
-
-    data_path = resolve_data_path(config.data.path)
-    inspection = inspect_dataset(
-        data_path,
-        config.data,
-        config.check,
-        out_dir=run_dir if write else None,
-        split=True,
-        progress=progress,
-    )
-    if inspection.splits is None:
-        raise ConfigError(f"{data_path}: the data job produced no split")
-    return _table_with_splits(inspection.report.usable(), inspection.splits)
-
-
-def prepare_labels(table: SampleTable, level: str) -> PreparedData:
-    """Classes (and the label mapping) for `data.label_level`.
-
-    Raises ConfigError when fewer than two classes result (nothing to classify), e.g. a dataset
-    without labels, or a taxonomy level of class names that do not parse ("<Make> <Model> <Body>
-    <Year>" is what the taxonomy understands).
-    """
-    source = str(table.root)
-    if level == "class":
-        try:
-            taxonomy: dict[str, Any] | None = Taxonomy.from_class_names(table.classes).to_dict()
-        except ValueError:
-            taxonomy = None
-        prepared = PreparedData(table, list(table.classes), None, taxonomy, source)
-    else:
-        parsed = Taxonomy.from_class_names(table.classes)
-        if parsed.unparsed:
-            log.warning(
-                "%d of %d class names do not parse as '<Make> <Model> <Body> <Year>' (e.g. %r); "
-                "their %s is 'Unknown'",
-                len(parsed.unparsed),
-                parsed.num_classes,
-                parsed.unparsed[0],
-                level,
-            )
-        mapping = dict(zip(parsed.classes, parsed.labels(level), strict=True))
-        used = {mapping.get(s.label, s.label) for s in table.samples if s.label is not None}
-        classes = [value for value in parsed.values(level) if value in used]
-        prepared = PreparedData(table, classes, LevelLabel(mapping), None, source)
-    if len(prepared.classes) < 2:
-        found = ", ".join(prepared.classes) or "none"
-        raise ConfigError(
-            f"{source}: data.label_level {level!r} gives {len(prepared.classes)} class(es) ({found}); "
-            "training needs at least two (a dataset with class labels, or a level its class names say)"
-        )
-    return prepared
-
-
-# --- hardware --------------------------------------------------------------------------------------
-
-
-def _uses_cuda(accelerator: str) -> bool:
-    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """ "auto" -> bf16-mixed / 16-mixed on CUDA, 32-true otherwise; anything else as given."""
-    if precision != "auto":
-        return precision
-    if _uses_cuda(accelerator):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-def resolve_strategy(strategy: str, accelerator: str) -> Any:
-    """The Trainer's strategy: DDP variants on CPU get the gloo backend; the rest pass through."""
-    if not strategy.startswith("ddp") or _uses_cuda(accelerator):
-        return strategy
-    from lightning.pytorch.strategies import DDPStrategy
-
-    options: dict[str, Any] = {"process_group_backend": "gloo"}
-    if "find_unused_parameters_true" in strategy:
-        options["find_unused_parameters"] = True
-    if strategy.startswith("ddp_spawn"):
-        options["start_method"] = "spawn"
-    elif strategy.startswith("ddp_fork") or strategy.startswith("ddp_notebook"):
-        options["start_method"] = "fork"
-    return DDPStrategy(**options)
-
-
-def _is_distributed(config: Config) -> bool:
-    devices = config.train.devices
-    many = (
-        devices == -1
-        or (isinstance(devices, int) and devices > 1)
-        or (isinstance(devices, str) and devices not in ("1", "auto"))
-    )
-    return config.train.strategy.startswith("ddp") or (many and config.train.strategy == "auto")
-
-
-# --- logging ---------------------------------------------------------------------------------------
-
-
-class _AtomicMetricsWriter(ExperimentWriter):
-    """Lightning's CSV writer, but every save replaces metrics.csv whole through a temporary file.
-
-    Lightning appends rows, and rewrites the file in place (truncate, then write) whenever a new
-    column appears, which happens right after the first checkpoint when the epoch's train metrics
-    arrive. A process killed inside that rewrite left a file without the rows it had finished.
-    Here all rows stay in memory (a few per epoch) and each save writes them under a temporary
-    name and renames it over metrics.csv, so the file on disk is always a complete earlier state
-    (on resume too: the old file stays until the first save replaces it).
-    """
-
-    def __init__(self, log_dir: str) -> None:
-        super().__init__(log_dir=log_dir)
-        self._saved_rows: list[dict[str, Any]] = []
-
-    def _check_log_dir_exists(self) -> None:
-        """Lightning deletes an old metrics.csv here; the first save replaces it instead."""
-
-    def save(self) -> None:
-        if not self.metrics:
-            return
-        self._record_new_keys()
-        self._saved_rows.extend(self.metrics)
-        self.metrics = []
-        buffer = io.StringIO(newline="")
-        writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
-        writer.writeheader()
-        writer.writerows(self._saved_rows)
-        write_atomic(Path(self.metrics_file_path), buffer.getvalue().encode("utf-8"))
-
-
-class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSVLogger (metrics.csv directly in the run directory) that survives resuming.
-
-    Lightning's CSV writer deletes an existing metrics.csv when it starts. On resume, the rows of
-    the epochs the checkpoint completed are read first and written back ahead of the new ones;
-    rows logged after the checkpoint (an interrupted epoch) are dropped, because that epoch runs
-    again. Rows are flushed at every logging call, each flush replacing the file atomically
-    (`_AtomicMetricsWriter`), so an interrupted run loses nothing it finished.
-    """
-
-    def __init__(self, run_dir: Path, keep_through: tuple[int, int] | None = None) -> None:
-        super().__init__(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=1)
-        self._kept_rows: list[dict[str, str]] = []
-        if keep_through is not None:
-            self._kept_rows = _rows_through(Path(run_dir) / "metrics.csv", *keep_through)
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> _AtomicMetricsWriter:  # type: ignore[override]
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            writer = _AtomicMetricsWriter(log_dir=self.log_dir)
-            writer.metrics = [dict(row) for row in self._kept_rows]
-            self._kept_rows = []
-            self._experiment = writer
-        return self._experiment
-
-
-def _rows_through(metrics_csv: Path, last_epoch: int, global_step: int) -> list[dict[str, str]]:
-    """Rows of epochs <= last_epoch (rows without an epoch: steps < global_step)."""
-    if not metrics_csv.exists():
-        return []
-    kept = []
-    with metrics_csv.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            epoch, step = row.get("epoch") or "", row.get("step") or ""
-            try:
-                keep = int(float(epoch)) <= last_epoch if epoch else int(float(step)) < global_step
-            except ValueError:
-                keep = False
-            if keep:
-                kept.append({key: value for key, value in row.items() if key is not None})
-    return kept
-
-
-def _progress_bar(progress: bool) -> list[Callback]:
-    if not progress:
-        return []
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        return [TQDMProgressBar()]
-    return [RichProgressBar(leave=True)]
-
-
-def _monitor_mode(monitor: str) -> str:
-    return "min" if "loss" in monitor.split("/")[-1] else "max"
-
-
-# --- files -----------------------------------------------------------------------------------------
-
-
-def _checkpoint_progress(path: Path) -> tuple[int, int]:
-    """(epoch, global_step) recorded in a Lightning checkpoint."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", 0))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    return value
 
 
 # --- the entry points ------------------------------------------------------------------------------
@@ -444,7 +112,7 @@ def train(
     started = time.perf_counter()
     config = apply_overrides(config, overrides)
     _check_combinations(config)
-    worker = _is_ddp_worker()
+    worker = is_ddp_worker()
     run_dir = Path(os.environ[RUN_DIR_ENV]) if worker else resolve_run_dir(config, resume, default_name)
     write = not worker
     last_path = run_dir / CHECKPOINT_DIR / f"{LAST}.ckpt"
@@ -473,7 +141,7 @@ def train(
             Path(config.run_dir).expanduser().resolve() / "feature-cache",
             augment_passes=int(getattr(config.train, "cache_augment_passes", 0)),
             seed=config.train.seed,
-            device="cuda" if _uses_cuda(config.train.accelerator) else "cpu",
+            device="cuda" if uses_cuda(config.train.accelerator) else "cpu",
             progress=progress,
         )
         fit_data = FeatureDataModule(cached, batch_size=config.train.batch_size, seed=config.train.seed)
@@ -482,10 +150,10 @@ def train(
     # a refit keeps its last epoch (monitor None): train/loss would pick by augmented-batch noise
     monitor = None if config.train.fit_on_val else config.train.monitor if has_val else "train/loss"
     checkpointing, all_callbacks = build_callbacks(config, run_dir, monitor, progress)
-    keep = _checkpoint_progress(last_path) if resuming and write else None
+    keep = checkpoint_progress(last_path) if resuming and write else None
     loggers: list[Logger] = [ResumableCSVLogger(run_dir, keep_through=keep)]
     if config.train.tensorboard:
-        loggers.append(_tensorboard_logger(run_dir))
+        loggers.append(tensorboard_logger(run_dir))
     trainer = L.Trainer(
         max_epochs=config.train.epochs,
         accelerator=config.train.accelerator,
@@ -512,7 +180,7 @@ def train(
             for message in QUIET_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
             if config.train.lr_find:
-                lr_found = _find_lr(trainer, module, fit_data, run_dir, resuming, write, config)
+                lr_found = find_lr(trainer, module, fit_data, run_dir, resuming, write, config)
             trainer.fit(module, datamodule=fit_data, ckpt_path=str(last_path) if resuming else None)
     finally:
         if previous_env is None:
@@ -528,7 +196,7 @@ def train(
 
     test_metrics: dict[str, float] = {}
     if config.train.test_after_fit and best is not None and datamodule.positions["test"]:
-        if _is_distributed(config):
+        if is_distributed(config):
             log.warning(
                 "skipping the test-split evaluation under DDP; run `carid evaluate` on the best checkpoint"
             )
@@ -566,7 +234,7 @@ def train(
         "best_checkpoint": None if best is None else str(best),
         "last_checkpoint": str(last_path) if last_path.exists() else None,
         "monitor": monitor,
-        "monitor_mode": None if monitor is None else _monitor_mode(monitor),
+        "monitor_mode": None if monitor is None else monitor_mode(monitor),
         "best_score": metrics["best_score"],
         "planned_epochs": config.train.epochs,
         "epochs_completed": metrics["epochs_completed"],
@@ -633,34 +301,6 @@ def build_model(config: Config, prepared: PreparedData, run_name: str) -> tuple[
     return CarModule(network, train_config, metadata), datamodule
 
 
-def build_callbacks(
-    config: Config, run_dir: Path, monitor: str | None, progress: bool
-) -> tuple[ModelCheckpoint, list[Callback]]:
-    """Checkpointing (best by `monitor`, the latest epoch when None, + last), LR monitor, progress
-    bar, early stopping, unfreezing."""
-    mode = "min" if monitor is None else _monitor_mode(monitor)
-    checkpointing = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
-        filename=BEST,
-        monitor=monitor,
-        mode=mode,
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    callbacks: list[Callback] = [checkpointing, LearningRateMonitor(logging_interval="epoch")]
-    callbacks += _progress_bar(progress)
-    if config.train.early_stopping_patience > 0 and monitor is not None:
-        callbacks.append(
-            EarlyStopping(monitor=monitor, mode=mode, patience=config.train.early_stopping_patience)
-        )
-    unfreezing = StagedUnfreezing(config.train.freeze, config.train.unfreeze)
-    if unfreezing.is_active:
-        callbacks.append(unfreezing)
-    return checkpointing, callbacks
-
-
 def train_from_cli(
     config_path: Path | str | None, overrides: Sequence[str] | None = None, resume: bool = False
 ) -> RunResult:
@@ -689,7 +329,7 @@ def _check_combinations(config: Config) -> None:
             "train.fit_on_val trains on the val images too, so there is nothing held out for "
             "train.early_stopping_patience; set it to 0 and fix train.epochs"
         )
-    if train.unfreeze and _is_distributed(config):
+    if train.unfreeze and is_distributed(config):
         raise ConfigError(
             "train.unfreeze (staged unfreezing) does not work with DDP: DDP fixes the trainable parameters "
             "when it wraps the model. Use one device, or a fixed train.freeze."
@@ -712,68 +352,8 @@ def _limit(value: float | int) -> float | int | None:
     return None if isinstance(value, float) and value == 1.0 else value
 
 
-def _tensorboard_logger(run_dir: Path) -> Logger:
-    try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            "train.tensorboard: true needs the tensorboard package (pip install tensorboard)"
-        ) from exc
-
-
-def _find_lr(
-    trainer: L.Trainer,
-    module: CarModule,
-    datamodule: L.LightningDataModule,
-    run_dir: Path,
-    resuming: bool,
-    write: bool,
-    config: Config,
-) -> dict[str, Any] | None:
-    """Run Lightning's learning-rate finder, record it in the run dir and use its suggestion.
-
-    On resume the recorded suggestion is reused (the optimizer state holds it anyway).
-    """
-    record_path = run_dir / "lr_find.json"
-    if resuming and record_path.exists():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("suggestion"):
-            module.lr = float(record["suggestion"])
-        return record
-    if _is_distributed(config):
-        log.warning(
-            "train.lr_find is skipped with DDP (each rank would find its own rate); run it on one device"
-        )
-        return None
-    from lightning.pytorch.tuner import Tuner
-
-    finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False)
-    if finder is None:
-        return None
-    suggestion = finder.suggestion()
-    record = {
-        "suggestion": suggestion,
-        "configured_lr": config.train.lr,
-        "lr": [float(v) for v in finder.results.get("lr", [])],
-        "loss": [float(v) for v in finder.results.get("loss", [])],
-    }
-    if suggestion is not None:
-        module.lr = float(suggestion)
-    else:
-        log.warning("the learning-rate finder gave no suggestion; keeping train.lr = %s", config.train.lr)
-    if write:
-        write_json(record_path, record)
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            figure = finder.plot(suggest=suggestion is not None)
-            write_atomic(run_dir / "lr_find.png", figure_png(figure))
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
-        except Exception as exc:  # the plot is a convenience; the JSON is the record
-            log.warning("could not draw the learning-rate finder plot: %s", exc)
-    return record
+def _plain(value: Any) -> Any:
+    """A tensor score as a plain number (or list) for summary.json."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value

@@ -1,4 +1,4 @@
-"""`CarModule`: the thin LightningModule around a `CarNet`, and loading a checkpoint for inference.
+"""`CarModule`: the thin LightningModule around a `CarNet`.
 
 One shared step serves train, val and test: forward, `CarLoss` (a dict of loss parts), top-1 /
 top-5 accuracy (torchmetrics) and the mean IoU of predicted vs true boxes on the samples that have
@@ -11,7 +11,8 @@ features from the feature cache, see `carid.training.features`, plus "feature_ma
 "label" int64 [B], "box" float32 [B, 4] normalized xyxy relative to the network input, "has_box"
 bool [B], "index" int64 [B].
 
-With a `RefinedBoxHead` (model.box_refine) the loss also has the first guess's box terms
+With a box head that refines from true boxes (`BoxHeadBase.refines_from_true_boxes`, e.g. the
+`RefinedBoxHead` of model.box_refine) the loss also has the first guess's box terms
 (`box_first_l1`, `box_first_giou`) and, in training, those of the refinements of jittered windows
 around the true boxes (`box_jitter_*`), each weighted like the final box; `{stage}/iou_first` is the
 IoU of the first guess, so one run shows what the second look adds.
@@ -25,19 +26,14 @@ the optimizer or the schedule. The schedule (cosine, one-cycle or constant, with
 warmup) steps once per optimizer step.
 
 The checkpoint carries, under the key "carid", everything needed to predict without the config
-(`ModelMetadata`): class names, preprocessing, taxonomy, the model config, whether there is a box
-head, the label level and the carid version, as plain dicts/lists/strings, so that
-`torch.load(path, weights_only=True)` reads the whole checkpoint. `load_for_inference` rebuilds the
-network from it.
+(`ModelMetadata`, carid.artifacts.checkpoint); `carid.models.checkpoint.load_for_inference`
+rebuilds the network from it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -46,81 +42,12 @@ import torchmetrics
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-from carid import __version__
-from carid.config import ModelConfig, TrainConfig, from_dict
-from carid.models.heads import RefinedBoxHead
+from carid.artifacts.checkpoint import CHECKPOINT_KEY, ModelMetadata
+from carid.config import TrainConfig
 from carid.models.losses import CarLoss
-from carid.models.network import CarNet, CarNetOutput, build_network
-from carid.preprocess import PreprocessSpec
+from carid.models.network import CarNet, CarNetOutput
 
-CHECKPOINT_KEY = "carid"
-METADATA_VERSION = 1
 STAGES = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    """What a checkpoint must say so that a model predicts without its training config.
-
-    class_names: names of the network's outputs, in output order (taxonomy-level values when
-        label_level is not "class").
-    preprocess: `PreprocessSpec.to_dict()`.
-    model: the `ModelConfig` as a dict (backbone, heads, image size).
-    with_box: the network has a box head.
-    label_level: what the classes are: "class", "make", "body_type" or "year".
-    taxonomy: `Taxonomy.to_dict()` of the class names when label_level is "class", else None.
-    """
-
-    class_names: tuple[str, ...]
-    preprocess: dict[str, Any]
-    model: dict[str, Any]
-    with_box: bool
-    label_level: str = "class"
-    taxonomy: dict[str, Any] | None = None
-    carid_version: str = __version__
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def preprocess_spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict(self.preprocess, source="checkpoint preprocessing")
-
-    def model_config(self) -> ModelConfig:
-        """The model config; checkpoints from before `box_input` existed have a pooled box head."""
-        return from_dict(ModelConfig, {"box_input": "pooled", **self.model}, source="checkpoint model config")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types only (so checkpoints load with weights_only=True)."""
-        data = {
-            "version": METADATA_VERSION,
-            "class_names": list(self.class_names),
-            "preprocess": self.preprocess,
-            "model": self.model,
-            "with_box": bool(self.with_box),
-            "label_level": self.label_level,
-            "taxonomy": self.taxonomy,
-            "carid_version": self.carid_version,
-            "extra": self.extra,
-        }
-        return json.loads(json.dumps(data))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "checkpoint") -> ModelMetadata:
-        missing = [key for key in ("class_names", "preprocess", "model", "with_box") if key not in data]
-        if missing:
-            raise ValueError(f"{source}: carid metadata is missing {', '.join(missing)}")
-        return cls(
-            class_names=tuple(data["class_names"]),
-            preprocess=dict(data["preprocess"]),
-            model=dict(data["model"]),
-            with_box=bool(data["with_box"]),
-            label_level=str(data.get("label_level", "class")),
-            taxonomy=data.get("taxonomy"),
-            carid_version=str(data.get("carid_version", "unknown")),
-            extra=dict(data.get("extra") or {}),
-        )
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
@@ -162,7 +89,7 @@ class CarModule(L.LightningModule):
                 )
             if self.with_box:
                 metrics[f"{stage}_iou"] = torchmetrics.MeanMetric()
-            if self.with_box and isinstance(network.box_head, RefinedBoxHead):
+            if self.with_box and _refines(network):
                 metrics[f"{stage}_iou_first"] = torchmetrics.MeanMetric()  # the first guess, before refining
         self.metrics = nn.ModuleDict(metrics)
 
@@ -189,26 +116,34 @@ class CarModule(L.LightningModule):
     # --- one step for every stage ---------------------------------------------------------------
 
     def _refined_outputs(self, batch: Mapping[str, Tensor]) -> tuple[CarNetOutput, Tensor, Tensor]:
-        """For a `RefinedBoxHead`: (CarNetOutput, first guesses [B, 4], reduced map) of a batch."""
+        """For a box head that refines from true boxes: (CarNetOutput, first guesses [B, 4], the
+        state its `training_boxes` reads, e.g. the reduced map) of a batch."""
+        head = self.network.box_head
+        assert head is not None and head.refines_from_true_boxes
         if "features" in batch:
-            embeddings, feature_map, detail = batch["features"], batch["feature_map"], batch.get("detail_map")
+            embeddings, feature_map, detail = (
+                batch["features"],
+                batch.get("feature_map"),
+                batch.get("detail_map"),
+            )
         else:
             images = batch["image"]
             if self.train_config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             embeddings, feature_map, detail = self.network.encode(images)
-        head = self.network.box_head
-        assert isinstance(head, RefinedBoxHead)
-        guess, box, reduced = head.stages(feature_map, detail)
+        if head.reads_feature_map and feature_map is None:
+            raise ValueError("the box head reads the feature map, but the batch has none (feature_map)")
+        guess, box, reduced = head.stages(feature_map if head.reads_feature_map else embeddings, detail)
         return CarNetOutput(self.network.class_head(embeddings), box), guess, reduced
 
     def _refine_terms(
         self, guess: Tensor, reduced: Tensor, batch: Mapping[str, Tensor], has_box: Tensor, stage: str
     ) -> dict[str, Tensor]:
-        """Loss parts of a `RefinedBoxHead` beyond the final box: the first guess ("box_first_*") and,
-        in training, the refinements of jittered windows around the true boxes ("box_jitter_*")."""
+        """Loss parts of a head that refines from true boxes beyond the final box: the first guess
+        ("box_first_*") and, in training, the refinements of jittered windows around the true boxes
+        ("box_jitter_*")."""
         head = self.network.box_head
-        assert isinstance(head, RefinedBoxHead)
+        assert head is not None and head.refines_from_true_boxes
         zero = guess.sum() * 0.0  # keeps the first head in the graph when no sample has a box
         terms = {"box_first_l1": zero, "box_first_giou": zero}
         if stage == "train":
@@ -216,18 +151,19 @@ class CarModule(L.LightningModule):
         if bool(has_box.any()):
             targets = batch["box"][has_box]
             terms["box_first_l1"], terms["box_first_giou"] = self.loss_fn.box_terms(guess[has_box], targets)
-            if stage == "train" and head.jitter:
+            if stage == "train":
                 boxes, jitter_targets = head.training_boxes(reduced[has_box], targets)
-                terms["box_jitter_l1"], terms["box_jitter_giou"] = self.loss_fn.box_terms(
-                    boxes, jitter_targets
-                )
+                if boxes.shape[0]:  # none when the head jitters no windows
+                    terms["box_jitter_l1"], terms["box_jitter_giou"] = self.loss_fn.box_terms(
+                        boxes, jitter_targets
+                    )
         return terms
 
     def _shared_step(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
         labels = batch["label"]
         has_box = batch["has_box"].bool() if self.with_box else torch.zeros_like(labels, dtype=torch.bool)
         target_boxes = batch["box"] if self.with_box else None
-        refined = self.with_box and isinstance(self.network.box_head, RefinedBoxHead)
+        refined = self.with_box and _refines(self.network)
         if refined:
             output, guess, reduced = self._refined_outputs(batch)
         else:
@@ -332,41 +268,6 @@ def matched_iou(predicted: Tensor, target: Tensor) -> Tensor:
     return box_iou(predicted, target).diagonal()
 
 
-def _network_state(state_dict: Mapping[str, Tensor]) -> Iterator[tuple[str, Tensor]]:
-    prefix = "network."
-    for key, value in state_dict.items():
-        if key.startswith(prefix):
-            yield key[len(prefix) :], value
-
-
-def load_checkpoint_metadata(checkpoint_path: Path | str) -> ModelMetadata:
-    """Only the metadata of a checkpoint (still reads the whole file)."""
-    checkpoint = torch.load(Path(checkpoint_path), map_location="cpu", weights_only=True)
-    return _metadata_of(checkpoint, Path(checkpoint_path))
-
-
-def _metadata_of(checkpoint: Mapping[str, Any], path: Path) -> ModelMetadata:
-    if CHECKPOINT_KEY not in checkpoint:
-        raise ValueError(f"{path}: not a carid checkpoint (no {CHECKPOINT_KEY!r} metadata)")
-    return ModelMetadata.from_dict(checkpoint[CHECKPOINT_KEY], source=str(path))
-
-
-def load_for_inference(
-    checkpoint_path: Path | str, device: str | torch.device = "cpu"
-) -> tuple[CarNet, ModelMetadata]:
-    """Rebuild the network of a carid checkpoint, in eval mode, and its metadata.
-
-    Loads with `torch.load(weights_only=True)`: no code from the file is run. The backbone is built
-    without downloading or reading pretrained weights (`pretrained="none"`); the checkpoint's
-    weights are then loaded strictly.
-    """
-    path = Path(checkpoint_path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found") from None
-    metadata = _metadata_of(checkpoint, path)
-    config = replace(metadata.model_config(), pretrained="none")
-    network = build_network(config, num_classes=metadata.num_classes, with_box=metadata.with_box)
-    network.load_state_dict(dict(_network_state(checkpoint["state_dict"])), strict=True)
-    return network.to(device).eval(), metadata
+def _refines(network: CarNet) -> bool:
+    """The network's box head refines from true boxes (extra loss terms and the iou_first metric)."""
+    return network.box_head is not None and network.box_head.refines_from_true_boxes

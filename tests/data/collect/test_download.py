@@ -6,16 +6,13 @@ import hashlib
 import io
 import json
 import signal
-import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -29,99 +26,19 @@ from carid.data.collect import (
     Outcome,
     collect,
     collect_images,
-    parse_retry_after,
     read_manifest,
-    sniff_image_format,
-    url_problem,
+)
+from tests.data.collect.local_site import (
+    Handler,
+    Server,
+    Site,
+    free_port,
+    image_bytes,
+    redirect,
+    send,
 )
 
 # --- the local site ---------------------------------------------------------------------------
-
-
-def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (80, 60), seed: int = 0) -> bytes:
-    """A random-texture image (distinct bytes per seed) encoded in `fmt`."""
-    rng = np.random.default_rng(seed)
-    array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array, "RGB").save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-Route = Callable[[BaseHTTPRequestHandler, int], None]
-
-
-@dataclass
-class Site:
-    """Routes (exact path or prefix ending in '/') -> handler(request, hit number); counts hits."""
-
-    base: str = ""
-    routes: dict[str, Route] = field(default_factory=dict)
-    hits: Counter[str] = field(default_factory=Counter)
-    user_agents: list[str] = field(default_factory=list)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def route_for(self, path: str) -> Route | None:
-        if path in self.routes:
-            return self.routes[path]
-        for prefix, route in self.routes.items():
-            if prefix.endswith("/") and path.startswith(prefix):
-                return route
-        return None
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: ThreadingHTTPServer
-
-    def do_GET(self) -> None:
-        site: Site = self.server.site  # type: ignore[attr-defined]
-        path = self.path.split("?")[0]
-        with site.lock:
-            site.hits[path] += 1
-            hit = site.hits[path]
-            site.user_agents.append(self.headers.get("User-Agent", ""))
-        route = site.route_for(path)
-        try:
-            if route is None:
-                send(self, b"not found", "text/plain", status=404)
-            else:
-                route(self, hit)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def send(
-    handler: BaseHTTPRequestHandler,
-    body: bytes,
-    content_type: str = "image/jpeg",
-    status: int = 200,
-    headers: dict[str, str] | None = None,
-    length: bool = True,
-) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Type", content_type)
-    if length:
-        handler.send_header("Content-Length", str(len(body)))
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
-def redirect(target: str, status: int = 302) -> Route:
-    return lambda handler, hit: send(handler, b"", "text/plain", status=status, headers={"Location": target})
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default backlog of 5 refuses connections under a burst
 
 
 @pytest.fixture(autouse=True)
@@ -143,13 +60,6 @@ def site() -> Iterator[Site]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fast_config(**changes: object) -> CollectConfig:
@@ -607,70 +517,3 @@ def test_retry_after_beyond_the_cap_is_not_waited_for(site: Site, tmp_path: Path
     record = read_manifest(tmp_path / MANIFEST_NAME).latest[site.url("/later.jpg")]
     assert record.outcome is Outcome.HTTP_ERROR and "exceeds max_retry_after" in record.message
     assert site.hits["/later.jpg"] == 1 and time.monotonic() - started < 3
-
-
-# --- pure helpers ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("url", "fine"),
-    [
-        ("http://example.com/a.jpg", True),
-        ("https://example.com/a.jpg?x=1", True),
-        ("file:///etc/passwd", False),
-        ("data:image/png;base64,AAAA", False),
-        ("ftp://example.com/a.jpg", False),
-        ("//example.com/a.jpg", False),
-        ("http://", False),
-        ("not a url", False),
-        ("javascript:alert(1)", False),
-    ],
-)
-def test_url_problem(url: str, fine: bool) -> None:
-    assert (url_problem(url) is None) is fine
-
-
-def test_sniff_image_format_reads_signatures_not_names() -> None:
-    assert sniff_image_format(image_bytes("JPEG")) == "JPEG"
-    assert sniff_image_format(image_bytes("PNG")) == "PNG"
-    assert sniff_image_format(image_bytes("GIF")) == "GIF"
-    assert sniff_image_format(image_bytes("WEBP")) == "WEBP"
-    assert sniff_image_format(image_bytes("BMP")) == "BMP"
-    assert sniff_image_format(image_bytes("TIFF")) == "TIFF"
-    assert sniff_image_format(b"<!DOCTYPE html><html>") is None
-    assert sniff_image_format(b"") is None
-
-
-def test_parse_retry_after() -> None:
-    from datetime import UTC, datetime
-
-    now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after("Mon, 01 Jan 2024 12:00:30 GMT", now=now) == 30.0
-    assert parse_retry_after("Mon, 01 Jan 2024 11:00:00 GMT", now=now) == 0.0
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
-
-
-def test_collect_config_rejects_nonsense() -> None:
-    with pytest.raises(ValueError, match="workers"):
-        CollectConfig(workers=0)
-    with pytest.raises(ValueError, match="retries"):
-        CollectConfig(retries=-1)
-    with pytest.raises(ValueError, match="formats"):
-        CollectConfig(formats=())
-
-
-def test_interleave_by_host_takes_hosts_in_turn() -> None:
-    from carid.data.collect.download import interleave_by_host
-
-    urls = ["http://a/1", "http://a/2", "http://a/3", "http://b/1", "http://c/1", "http://c/2", "nonsense"]
-    ordered = [c.url for c in interleave_by_host([Candidate(url, "x") for url in urls])]
-    assert ordered == [
-        "http://a/1",
-        "http://b/1",
-        "http://c/1",
-        "nonsense",
-        "http://a/2",
-        "http://c/2",
-        "http://a/3",
-    ]

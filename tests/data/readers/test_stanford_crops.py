@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 
 from carid.data.readers import DatasetError, detect_format
-from carid.data.readers.stanford import read_stanford, read_stanford_annotations, sniff_stanford
-from carid.data.readers.stanford_crops import (
-    check_crops_against_boxes,
-    read_stanford_crops,
-    sniff_stanford_crops,
-)
+from carid.data.readers._stanford_crops_table import sniff_stanford_crops
+from carid.data.readers._stanford_cross_check import check_crops_against_boxes
+from carid.data.readers._stanford_devkit import read_stanford_annotations
+from carid.data.readers.stanford import read_stanford, sniff_stanford
+from carid.data.readers.stanford_crops import read_stanford_crops
 from carid.data.samples import Severity
 from tests.conftest import shared_dataset, write_image
 from tests.data.readers.test_stanford import CLASS_NAMES, kinds, write_annos, write_meta

@@ -2,18 +2,14 @@
 
 `collect` (queries -> source -> downloads) and `collect_images` (candidates -> downloads) write
 ``out/<label folder>/<name>.<ext>`` plus a resumable manifest; `sources` holds the `ImageSource`
-plugin interface and registry, `manifest` the record formats. See docs/collect.md.
+plugin interface and registry, `manifest` the record formats. A run: `download` (the entry
+points) reads the manifest, `plan` decides what to fetch, `engine` fetches, checks and stores
+(with `config`'s limits and `web`'s URL and body helpers) and `progress` shows the bar.
+See docs/collect.md.
 """
 
-from carid.data.collect.download import (
-    DEFAULT_USER_AGENT,
-    CollectConfig,
-    collect,
-    collect_images,
-    parse_retry_after,
-    sniff_image_format,
-    url_problem,
-)
+from carid.data.collect.config import DEFAULT_USER_AGENT, CollectConfig
+from carid.data.collect.download import collect, collect_images
 from carid.data.collect.manifest import (
     MANIFEST_NAME,
     PENDING,
@@ -37,6 +33,7 @@ from carid.data.collect.sources import (
     search_all,
     unregister_source,
 )
+from carid.data.collect.web import parse_retry_after, sniff_image_format, url_problem
 
 __all__ = [
     "DEFAULT_USER_AGENT",

@@ -24,6 +24,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
@@ -162,6 +163,11 @@ _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 )
 MAX_FOLDER_BYTES = 100  # UTF-8 bytes of the readable part of a folder name (file systems allow 255)
+
+
+def timestamp_now() -> str:
+    """Now as ISO 8601 UTC to the second: the format of `ManifestRecord.fetched_at`."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _short_hash(text: str, length: int = 8) -> str:

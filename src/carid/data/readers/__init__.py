@@ -6,66 +6,31 @@ or field) and goes on. It raises `DatasetError` only when the path cannot be tha
 
 Readers register themselves with `@register_reader(name)`; `read_dataset(path, format=None)`
 detects the format when exactly one reader claims the path, and says which ones did when the
-choice is ambiguous, so the user can pass `--format`. What several readers share (box checks,
-one-pass folder listings, split names) lives in the private module `_common`.
+choice is ambiguous, so the user can pass `--format`. The registry itself lives in the private
+module `_registry` (the readers import it from there, so nothing circles back to this file).
+What several readers share (box checks, one-pass folder listings, split names) lives in the
+private module `_common`; what both Stanford readers share in `_stanford_devkit` (the devkit's
+annotation files), `_stanford_crops_table` (the crops layout) and `_stanford_cross_check` (crops
+against boxes), so that neither Stanford reader imports the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
+from carid.data.readers._registry import READERS, DatasetError, Reader, ReadFunction, register_reader
 from carid.data.samples import SampleTable
-from carid.errors import CaridError
 
-
-class DatasetError(CaridError, ValueError):
-    """The path cannot be read as a dataset (of the requested format); the message says why."""
-
-
-class ReadFunction(Protocol):
-    """A reader: `read(path) -> SampleTable`.
-
-    A reader may also take optional keyword-only arguments (e.g. ``read_csv_boxes(path, *,
-    box_label="car")``, ``read_stanford(path, *, crops=None, cross_check=True)``); each needs a
-    default, since `read_dataset` calls every reader with the path alone.
-    """
-
-    def __call__(self, path: Path) -> SampleTable: ...
-
-
-@dataclass(frozen=True)
-class Reader:
-    """A registered format.
-
-    sniff(path) -> int: how sure the reader is that `path` is its format: 0 = no,
-        1 = plausible (e.g. a generic folder tree), 2 = certain (its own marker files found).
-    read(path, *, options with defaults) -> SampleTable (see `ReadFunction`).
-    """
-
-    name: str
-    description: str
-    sniff: Callable[[Path], int]
-    read: ReadFunction
-
-
-_READERS: dict[str, Reader] = {}
-
-
-def register_reader(
-    name: str, description: str, sniff: Callable[[Path], int]
-) -> Callable[[ReadFunction], ReadFunction]:
-    """Decorator registering `read` under `name`; a second registration of a name is an error."""
-
-    def decorate(read: ReadFunction) -> ReadFunction:
-        if name in _READERS:
-            raise ValueError(f"reader {name!r} is registered twice")
-        _READERS[name] = Reader(name, description, sniff, read)
-        return read
-
-    return decorate
+__all__ = [
+    "DatasetError",
+    "ReadFunction",
+    "Reader",
+    "available_formats",
+    "detect_format",
+    "get_reader",
+    "read_dataset",
+    "register_reader",
+]
 
 
 def _load_builtin_readers() -> None:
@@ -84,15 +49,15 @@ def _load_builtin_readers() -> None:
 def available_formats() -> dict[str, str]:
     """Format name -> one-line description, for `--help` and error messages."""
     _load_builtin_readers()
-    return {name: reader.description for name, reader in _READERS.items()}
+    return {name: reader.description for name, reader in READERS.items()}
 
 
 def get_reader(name: str) -> Reader:
     _load_builtin_readers()
     try:
-        return _READERS[name]
+        return READERS[name]
     except KeyError:
-        known = ", ".join(sorted(_READERS))
+        known = ", ".join(sorted(READERS))
         raise DatasetError(f"unknown format {name!r}; known formats: {known}") from None
 
 
@@ -102,10 +67,10 @@ def detect_format(path: Path) -> str:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory")
-    scores = {name: reader.sniff(path) for name, reader in _READERS.items()}
+    scores = {name: reader.sniff(path) for name, reader in READERS.items()}
     best = max(scores.values(), default=0)
     if best == 0:
-        known = ", ".join(sorted(_READERS))
+        known = ", ".join(sorted(READERS))
         raise DatasetError(
             f"{path}: no known dataset layout found (looked for: {known}); pass --format to force one"
         )

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carid import boxes as box_ops
-from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import (
     SPLIT_NAMES,
     check_boxes,
@@ -32,6 +31,7 @@ from carid.data.readers._common import (
     list_files,
     relative_path,
 )
+from carid.data.readers._registry import DatasetError, register_reader
 from carid.data.samples import Problem, Sample, SampleTable, Severity
 
 FORMAT = "coco"

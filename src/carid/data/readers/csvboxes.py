@@ -24,7 +24,6 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import (
     SPLIT_NAMES,
     check_boxes,
@@ -34,6 +33,7 @@ from carid.data.readers._common import (
     list_images,
     relative_path,
 )
+from carid.data.readers._registry import DatasetError, register_reader
 from carid.data.samples import Problem, Sample, SampleTable, Severity
 
 FORMAT = "csv-boxes"

@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import SPLIT_NAMES, relative_path
+from carid.data.readers._registry import DatasetError, register_reader
 from carid.data.samples import Problem, Sample, SampleTable, Severity
 from carid.images import is_image_file
 

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from carid import boxes as box_ops
-from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import (
     check_boxes,
     label_of_largest_box,
@@ -42,6 +41,7 @@ from carid.data.readers._common import (
     list_images,
     relative_path,
 )
+from carid.data.readers._registry import DatasetError, register_reader
 from carid.data.samples import Problem, Sample, SampleTable, Severity
 
 FORMAT = "voc"

@@ -27,7 +27,6 @@ import numpy as np
 import yaml
 
 from carid import boxes as box_ops
-from carid.data.readers import DatasetError, register_reader
 from carid.data.readers._common import (
     SPLIT_NAMES,
     check_boxes,
@@ -37,6 +36,7 @@ from carid.data.readers._common import (
     non_image_file,
     relative_path,
 )
+from carid.data.readers._registry import DatasetError, register_reader
 from carid.data.samples import Problem, Sample, SampleTable, Severity
 from carid.images import ImageError, is_image_file, probe_image
 

@@ -12,15 +12,16 @@ height, so neighbours overlap by half); the photo's score is the largest car pro
 whole photo and its tiles. (1, 1) is the whole photo only. `benchmarks/bench_nocar.py` measured
 which grid and threshold separate car-frames' frames with and without cars (docs/curate.md).
 
-The scorer is a plain callable `CarScorer` (paths -> scores), so curation can take another one
-(tests inject a fake; nothing here is needed to curate without the no-car filter). Building the
-ImageNet scorer needs torch and timm, the `train` extra; `CarScoreError` says so when they are
-missing.
+`ImageNetCarScorer` is a plain callable (paths -> scores) that fits `carid.data.curate.CarScorer`:
+curation takes the scorer as an argument and never imports this module (tests inject a fake;
+nothing here is needed to curate without the no-car filter). The caller (`carid data curate`,
+`benchmarks/bench_nocar.py`) builds it. Building the ImageNet scorer needs torch and timm, the
+`train` extra; `CarScoreError` says so when they are missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,6 @@ from carid.errors import CaridError
 from carid.images import ImageError, load_rgb
 from carid.models.imagenet import car_probability
 from carid.preprocess import PreprocessSpec, preprocess
-
-# paths -> car score per path in [0, 1], NaN for a file that cannot be decoded.
-CarScorer = Callable[[Sequence[Path]], np.ndarray]
 
 IMAGENET_BACKBONE = "tf_efficientnet_lite0"
 IMAGENET_INPUT = 224

@@ -1,11 +1,11 @@
-"""Tests for carid.enroll.space: the whitening, the prototypes and the simulated calibration."""
+"""Tests for carid.embedding: the whitening, the prototypes and the simulated calibration."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from carid.enroll.space import (
+from carid.embedding import (
     SCALES,
     EmbeddingSpace,
     ScoreCalibration,

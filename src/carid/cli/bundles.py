@@ -1,0 +1,152 @@
+"""`carid export`, `carid calibrate` and `carid ensemble`: make and tune deployable model folders.
+
+export turns a trained checkpoint into a bundle (ONNX + metadata, parity-checked), calibrate stores a
+temperature and an 'unknown' threshold in a bundle, ensemble combines bundles into one folder. The
+work happens in `carid.export` and `carid.evaluation.ensemble`, imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from carid.cli.app import FormatOption, console, given, print_error
+
+
+def _say(line: str) -> None:
+    console.print(line, markup=False, highlight=False)
+
+
+def export(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A run folder (uses checkpoints/best.ckpt) or a .ckpt file.", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Bundle folder to write (default: RUN/export).")
+    ] = None,
+    parity_images: Annotated[
+        int | None,
+        typer.Option(min=0, help="Photos for the PyTorch-vs-ONNX parity check (default 32; 0 skips it)."),
+    ] = None,
+    parity_data: Annotated[
+        Path | None,
+        typer.Option(help="A folder of photos for the parity check (default: the run's val/test split)."),
+    ] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle folder.")] = False,
+    enrol_images: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Training photos that fit the embedding space for `carid enroll` (0: the bundle cannot "
+            "take new classes).",
+        ),
+    ] = 1000,
+) -> None:
+    """Export a trained model to a bundle (model.onnx + model.json), parity-checked against PyTorch."""
+    from carid.export import ParityError, export_bundle
+
+    try:
+        result = export_bundle(
+            source,
+            out=out,
+            parity_data=parity_data,
+            opset=opset,
+            overwrite=force,
+            say=_say,
+            enrol_images=enrol_images,
+            **given(parity_images=parity_images),
+        )
+    except ParityError as exc:  # the model exported but disagrees with PyTorch: exit 1, not 2
+        print_error(str(exc), exc.hint)
+        raise typer.Exit(1) from None
+    console.print(f"bundle: {result.bundle.path} ({result.seconds:.1f} s)", markup=False, highlight=False)
+
+
+def ensemble(
+    members: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Member bundles, or run folders with an export (RUN/export); same class names.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble folder to write.", show_default=False)],
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="mean, weighted or expert (default mean).")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Split CSV or dataset to fit on (default: a member run's split.csv)."),
+    ] = None,
+    fit_on: Annotated[
+        str | None, typer.Option("--fit-on", help="Split the weights are fitted on (default val).")
+    ] = None,
+    fmt: FormatOption = None,
+    box_mode: Annotated[str | None, typer.Option("--box-mode", help="mean or best (default mean).")] = None,
+    target_precision: Annotated[
+        float | None,
+        typer.Option("--target-precision", help="Also store an 'unknown' threshold reaching this precision."),
+    ] = None,
+    no_calibrate: Annotated[
+        bool, typer.Option("--no-calibrate", help="Keep temperature 1 (do not fit it on the fit split).")
+    ] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Ensemble name (default: the folder's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing ensemble folder.")] = False,
+) -> None:
+    """Combine exported models into one ensemble folder (weights fitted on the validation split)."""
+    from carid.evaluation.ensemble import build_ensemble
+
+    built = build_ensemble(
+        members,
+        out,
+        data=data,
+        data_format=fmt,
+        calibrate=not no_calibrate,
+        overwrite=force,
+        progress=True,
+        say=_say,
+        **given(mode=mode, fit_on=fit_on, box_mode=box_mode, target_precision=target_precision, name=name),
+    )
+    for line in built.summary_lines():
+        _say(line)
+
+
+def calibrate(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A bundle folder, a run folder (its export/) or an ensemble folder.", show_default=False
+        ),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="A dataset or a split CSV. Default: the run's split.csv.", show_default=False),
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split to fit on (default val).")] = None,
+    fmt: FormatOption = None,
+    target_precision: Annotated[
+        float | None,
+        typer.Option(
+            "--target-precision", help="Precision the 'unknown' threshold must reach (default 0.95)."
+        ),
+    ] = None,
+    no_threshold: Annotated[bool, typer.Option("--no-threshold", help="Store the temperature only.")] = False,
+    backend: Annotated[str | None, typer.Option("--backend", help="auto, onnx or torch.")] = None,
+) -> None:
+    """Fit the temperature and the 'unknown' threshold on validation images; store them in the bundle."""
+    from carid.evaluation.calibrate import calibrate_model
+
+    update = calibrate_model(
+        model,
+        data,
+        data_format=fmt,
+        set_threshold=not no_threshold,
+        progress=True,
+        **given(split=split, target_precision=target_precision, backend=backend),
+    )
+    for line in update.summary_lines():
+        _say(line)

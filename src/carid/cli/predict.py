@@ -1,0 +1,187 @@
+"""`carid predict`, `carid serve` and `carid enroll`: use an exported bundle (or a checkpoint).
+
+These are the commands of the slim install (ONNX Runtime, no torch): nothing here may import torch,
+training or evaluation code; `carid.runtime`, `carid.enroll` and `carid.serve` load lazily inside
+each command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from carid.cli.app import TtaOption, console, err_console, given
+from carid.errors import CaridError
+
+
+def enroll(
+    model: Annotated[
+        Path, typer.Argument(help="A bundle folder (or a run folder with an export).", show_default=False)
+    ],
+    photos: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Photos of the new class: files, folders or globs.", show_default=False),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", "-l", help='The new class, e.g. "Hyundai Creta 2021".')
+    ] = None,
+    replace_photos: Annotated[
+        bool, typer.Option("--replace", help="An enrolled class forgets its earlier photos.")
+    ] = False,
+    remove: Annotated[
+        list[str] | None, typer.Option("--remove", help="Remove this enrolled class (repeatable).")
+    ] = None,
+    list_classes: Annotated[bool, typer.Option("--list", help="List the enrolled classes.")] = False,
+) -> None:
+    """Add a class to a bundle from a few photos, without retraining; --remove one; list them (--list,
+    also the default)."""
+    from rich.table import Table
+
+    from carid.enroll.store import enroll as enroll_class
+    from carid.enroll.store import listing
+    from carid.enroll.store import remove as remove_classes
+    from carid.runtime.predict_io import gather_images
+
+    if remove:
+        left = remove_classes(model, remove)
+        console.print(f"removed {', '.join(remove)}; enrolled classes left: {len(left)}", markup=False)
+    elif label is not None:
+        paths = gather_images([str(p) for p in photos or []])
+        result = enroll_class(
+            model,
+            label,
+            paths,
+            replace_photos=replace_photos,
+            say=lambda line: err_console.print(f"[yellow]{escape(line)}[/]", highlight=False),
+        )
+        verb = "enrolled" if result.new_class else "updated"
+        console.print(
+            f"{verb} {result.label!r} from {len(result.added_photos)} photo(s) ({result.photos} in all, "
+            f"{len(result.skipped)} skipped); {len(result.classes)} enrolled class(es) "
+            f"in {result.bundle}",
+            markup=False,
+            highlight=False,
+        )
+    elif photos:
+        raise CaridError("photos given without --label NAME (the class they show)")
+    bundle, enrolment = listing(model)
+    if enrolment is None:
+        console.print(
+            f"{bundle.path}: cannot take new classes (re-export it with `carid export RUN --force`)"
+        )
+        return
+    if list_classes or not (remove or label):
+        table = Table(title=f"enrolled classes of {bundle.path} ({bundle.metadata.num_classes} trained)")
+        for column in ("class", "photos", "added", "updated"):
+            table.add_column(column)
+        for item in enrolment.classes:
+            table.add_row(escape(item.label), str(item.photos), item.added, item.updated)
+        console.print(table)
+
+
+def predict(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A bundle folder (or its model.json), a run folder or a .ckpt.", show_default=False
+        ),
+    ],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Photos: files, folders (searched recursively) or glob patterns.", show_default=False
+        ),
+    ],
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", min=1, help="Classes listed per photo (default 5).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the predictions to a .csv or .json file.")
+    ] = None,
+    annotate: Annotated[
+        Path | None, typer.Option(help="Folder for copies of the photos with the box and label drawn.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Photos per batch (default 16).")] = None,
+    backend: Annotated[
+        str, typer.Option(help="auto (ONNX Runtime for bundles, PyTorch for checkpoints), onnx or torch.")
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")
+    ] = None,
+    tta: TtaOption = None,
+) -> None:
+    """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint."""
+    from carid.runtime.predict_io import print_predictions, run_predict
+
+    result = run_predict(
+        model,
+        paths,
+        backend=backend,
+        out=out,
+        annotate_dir=annotate,
+        threads=threads,
+        **given(top_k=top_k, batch_size=batch_size, tta=tta),
+    )
+    print_predictions(result.predictions, console)
+    total = len(result.predictions)
+    console.print(f"{total - result.num_failed} of {total} photos predicted in {result.seconds:.2f} s")
+    if result.num_failed:
+        err_console.print(f"[yellow]{result.num_failed} photo(s) could not be used[/] (see the error column)")
+    if result.output is not None:
+        console.print(f"predictions: {result.output}", markup=False, highlight=False)
+    if annotate is not None:
+        console.print(
+            f"annotated: {len(result.annotated)} photos in {annotate}", markup=False, highlight=False
+        )
+    raise typer.Exit(1 if total and result.num_failed == total else 0)
+
+
+def serve(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A bundle folder (or its model.json), a run folder or a .ckpt.", show_default=False
+        ),
+    ],
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)."),
+    ] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="TCP port (default 8000).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Server processes, each with its own model copy (default 1).")
+    ] = None,
+    max_upload_mb: Annotated[
+        float | None, typer.Option(min=0.001, help="Largest photo accepted, in MiB (default 10).")
+    ] = None,
+    max_pixels: Annotated[
+        int | None, typer.Option(min=1, help="Largest photo accepted, width x height (default 50,000,000).")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="auto (ONNX Runtime for bundles, PyTorch for checkpoints), onnx or torch."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")
+    ] = None,
+    tta: TtaOption = None,
+) -> None:
+    """Serve a model: REST API (POST /predict, GET /model, /health, /docs) and a web page at /."""
+    from carid.serve.api import ServeSettings, run_server
+
+    settings = ServeSettings(
+        **given(
+            host=host,
+            port=port,
+            workers=workers,
+            max_upload_mb=max_upload_mb,
+            max_pixels=max_pixels,
+            backend=backend,
+            threads=threads,
+            tta=tta,
+        )
+    )
+    run_server(model, settings, say=lambda line: console.print(line, markup=False, highlight=False))

@@ -1,0 +1,95 @@
+"""`carid train` and `carid sweep`: train one model from a recipe, or every combination of a grid.
+
+The work happens in `carid.training.fit` and `carid.evaluation.sweep`, imported inside the commands
+so that `carid --help` and the slim install never load torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from carid.cli.app import SetOption, console
+from carid.errors import CaridError
+
+
+def train(
+    config_path: Annotated[
+        Path, typer.Argument(help="A training recipe, e.g. configs/car-models-5-transfer.yaml.")
+    ],
+    overrides: SetOption = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run's last checkpoint after an interrupt.")
+    ] = False,
+) -> None:
+    """Train a model from a config; writes a run folder (config, split, checkpoints, metrics, curves)."""
+    from carid.training.fit import train_from_cli
+
+    result = train_from_cli(config_path, overrides, resume=resume)
+    console.print(f"run: {result.run_dir}")
+    console.print(f"best checkpoint: {result.best_checkpoint}")
+    for key, value in sorted(result.metrics.items()):
+        console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+def sweep(
+    sweep_file: Annotated[
+        Path | None,
+        typer.Argument(help="A sweep YAML: base, sweep: {key: [values]}, optional name / metric / set."),
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option("--base", "-c", help="Base config (replaces the file's 'base').")
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid", "-g", help="key=v1,v2 to sweep (repeatable), e.g. --grid model.image_size=160,224."
+        ),
+    ] = None,
+    overrides: SetOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep folder (default: runs/sweeps/NAME).")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", "-m", help="What the comparison ranks by.")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Prefix of the run names (default: the file's, else 'sweep')."),
+    ] = None,
+    no_resume: Annotated[
+        bool, typer.Option("--no-resume", help="Refuse to continue a sweep already in the folder.")
+    ] = False,
+) -> None:
+    """Train every combination of a grid, one after another (resumable), then compare the runs."""
+    from carid.evaluation.sweep import SweepSpec, load_sweep_file, parse_grid, run_sweep
+
+    spec = load_sweep_file(sweep_file) if sweep_file is not None else SweepSpec(base=None, grid={})
+    grid_values = {**spec.grid, **parse_grid(grid or [])}
+    if not grid_values:
+        raise CaridError(
+            "nothing to sweep: give a sweep file or --grid KEY=V1,V2 (e.g. train.optimizer=adamw,sgd)"
+        )
+    prefix = name or spec.name
+    result = run_sweep(
+        base or spec.base,
+        grid_values,
+        out or Path("runs") / "sweeps" / prefix,
+        resume=not no_resume,
+        overrides=[*spec.overrides, *(overrides or [])],
+        prefix=prefix,
+        metric=metric or spec.metric,
+        progress=True,
+        say=console.print,
+    )
+    for variant in result.variants:
+        detail = f" ({variant.error})" if variant.error else ""
+        console.print(f"  {variant.status:8} {variant.name}{detail}", highlight=False)
+    if result.comparison is not None:
+        console.print(result.comparison.rich_table(width=console.width))
+        console.print(f"comparison: {result.comparison.paths['html']}")
+    console.print(f"sweep state: {result.state_path}")
+    if result.failed:
+        raise typer.Exit(1)
