@@ -55,6 +55,7 @@ from carid.artifacts.bundle import (
 from carid.artifacts.run_dir import BEST_CHECKPOINT, CHECKPOINT_DIR, EXPORT_DIR, SPLIT_FILE
 from carid.enroll.prepare import DEFAULT_SPACE_IMAGES, prepare_enrolment
 from carid.errors import CaridError
+from carid.files import move_folder_into_place
 from carid.images import is_image_file
 from carid.models.network import CarNet
 from carid.preprocess import PreprocessSpec
@@ -556,12 +557,6 @@ def _path(value: Path | str | None) -> Path | None:
 
 def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
     """Rename the finished bundle to `out_dir`; an existing one (with overwrite) is moved aside first."""
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    if not overwrite:
+    if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} appeared during the export; pass --force to replace it")
-    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    out_dir.rename(old)
-    staging.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    move_folder_into_place(staging, out_dir)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -62,3 +64,16 @@ def write_json(path: Path | str, data: Any, fsync: bool = False) -> Path:
     """`data` as indented UTF-8 JSON (values JSON does not know as their str()), atomically."""
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
     return write_atomic(path, text, fsync=fsync)
+
+
+def move_folder_into_place(staging: Path, target: Path) -> None:
+    """Rename a finished folder to `target`. An existing `target` is first renamed aside (to a hidden
+    ".<name>.old-*" beside it), then deleted, so a reader finds the old folder or the new one, never
+    a mix of the two. Both must be on the same file system (make `staging` beside `target`)."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -68,6 +68,16 @@ BOX_MODES: tuple[str, ...] = ("mean", "best")
 
 
 MAX_LISTED = 6
+DESCRIBED_FIELDS = (  # what `Ensemble.describe` (GET /model, evaluation.json) tells of an ensemble
+    "name",
+    "mode",
+    "members",
+    "weights",
+    "box_mode",
+    "box_weights",
+    "temperature",
+    "unknown_threshold",
+)
 
 
 class EnsembleError(BundleError):
@@ -447,17 +457,8 @@ class Ensemble:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary: name, mode, members (name, input size, box head), weights."""
-        meta = self.metadata
-        return {
-            "name": meta.name,
-            "mode": meta.mode,
-            "members": [member.to_dict() for member in meta.members],
-            "weights": [list(row) if isinstance(row, tuple) else row for row in meta.weights],
-            "box_mode": meta.box_mode,
-            "box_weights": list(meta.box_weights),
-            "temperature": meta.temperature,
-            "unknown_threshold": meta.unknown_threshold,
-        }
+        full = self.metadata.to_dict()
+        return {key: full[key] for key in DESCRIBED_FIELDS}
 
 
 def write_ensemble_metadata(folder: Path | str, metadata: EnsembleMetadata) -> Path:

@@ -6,27 +6,16 @@ that `carid --help` is instant and the slim (ONNX Runtime only) install can run 
 Errors the user can fix (`carid.errors.CaridError`) print one clear line and exit 2 (`carid.cli.app`).
 
 The verbs live in one module per group (`data`, `train`, `bundles`, `predict`, `evaluate`, `run`);
-this module registers them in the order `carid --help` lists them and holds `main`, the entry point.
+this module registers the top-level ones in the order `carid --help` lists them (the `data` verbs
+register themselves on `data_app`, in file order) and holds `main`, the entry point.
 """
 
 from __future__ import annotations
 
 import sys
 
-from carid.cli import bundles, data, evaluate, predict, run, train
-from carid.cli.app import app, data_app, err_console
-
-for _name, _command in (
-    ("formats", data.data_formats),
-    ("check", data.data_check),
-    ("split", data.data_split),
-    ("report", data.data_report),
-    ("taxonomy", data.data_taxonomy),
-    ("collect", data.data_collect),
-    ("compose", data.data_compose),
-    ("curate", data.data_curate),
-):
-    data_app.command(_name)(_command)
+from carid.cli import bundles, data, evaluate, predict, run, train  # noqa: F401 (data: registers its verbs)
+from carid.cli.app import app, err_console
 
 for _name, _command in (
     ("train", train.train),

@@ -1,10 +1,11 @@
 """The typer apps of the `carid` command and what every verb module shares.
 
 Holds the root app and the `data` group, the two consoles, the option types more than one verb
-group uses, the one error handler (a `CaridError` raised by any command prints "error: MESSAGE",
-then "hint: HINT" when there is one, and exits 2) and `given` / `overrides_with`, which keep only
-the options the user gave. The commands themselves live in the verb modules next to this one and
-are registered, in help order, by `carid.cli`.
+group uses (`out_option` gives `--out` the help text of each command), the one error handler (a
+`CaridError` raised by any command prints "error: MESSAGE", then "hint: HINT" when there is one, and
+exits 2), `say` (print a line as it is) and `given` / `overrides_with`, which keep only the options
+the user gave. The commands themselves live in the verb modules next to this one and are
+registered, in help order, by `carid.cli`.
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set check.min_side=64 (repeatable)."),
 ]
-OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
+TargetPrecisionOption = Annotated[
+    float | None,
+    typer.Option("--target-precision", help="Precision the 'unknown' threshold must reach (default 0.95)."),
+]
 TtaOption = Annotated[
     str | None,
     typer.Option(
@@ -87,6 +91,19 @@ TtaOption = Annotated[
         "twice the inference time).",
     ),
 ]
+
+
+def out_option(help: str, **settings: Any) -> Any:
+    """The `--out` / `-o` option, with the help text of the command that takes it."""
+    return typer.Option("--out", "-o", help=help, **settings)
+
+
+OutOption = Annotated[Path | None, out_option("Output folder.")]
+
+
+def say(line: str) -> None:
+    """Print one line as it is: no rich markup, no highlighting (paths and labels may hold brackets)."""
+    console.print(line, markup=False, highlight=False)
 
 
 def given(**options: Any) -> dict[str, Any]:

@@ -12,11 +12,7 @@ from typing import Annotated
 
 import typer
 
-from carid.cli.app import FormatOption, console, given, print_error
-
-
-def _say(line: str) -> None:
-    console.print(line, markup=False, highlight=False)
+from carid.cli.app import FormatOption, TargetPrecisionOption, given, out_option, print_error, say
 
 
 def export(
@@ -24,9 +20,7 @@ def export(
         Path,
         typer.Argument(help="A run folder (uses checkpoints/best.ckpt) or a .ckpt file.", show_default=False),
     ],
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Bundle folder to write (default: RUN/export).")
-    ] = None,
+    out: Annotated[Path | None, out_option("Bundle folder to write (default: RUN/export).")] = None,
     parity_images: Annotated[
         int | None,
         typer.Option(min=0, help="Photos for the PyTorch-vs-ONNX parity check (default 32; 0 skips it)."),
@@ -53,17 +47,15 @@ def export(
         result = export_bundle(
             source,
             out=out,
-            parity_data=parity_data,
-            opset=opset,
             overwrite=force,
-            say=_say,
+            say=say,
             enrol_images=enrol_images,
-            **given(parity_images=parity_images),
+            **given(parity_images=parity_images, parity_data=parity_data, opset=opset),
         )
     except ParityError as exc:  # the model exported but disagrees with PyTorch: exit 1, not 2
         print_error(str(exc), exc.hint)
         raise typer.Exit(1) from None
-    console.print(f"bundle: {result.bundle.path} ({result.seconds:.1f} s)", markup=False, highlight=False)
+    say(f"bundle: {result.bundle.path} ({result.seconds:.1f} s)")
 
 
 def ensemble(
@@ -74,27 +66,21 @@ def ensemble(
             show_default=False,
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble folder to write.", show_default=False)],
-    mode: Annotated[
-        str | None, typer.Option("--mode", help="mean, weighted or expert (default mean).")
-    ] = None,
+    out: Annotated[Path, out_option("Ensemble folder to write.", show_default=False)],
+    mode: Annotated[str | None, typer.Option(help="mean, weighted or expert (default mean).")] = None,
     data: Annotated[
-        Path | None,
-        typer.Option("--data", help="Split CSV or dataset to fit on (default: a member run's split.csv)."),
+        Path | None, typer.Option(help="Split CSV or dataset to fit on (default: a member run's split.csv).")
     ] = None,
-    fit_on: Annotated[
-        str | None, typer.Option("--fit-on", help="Split the weights are fitted on (default val).")
-    ] = None,
+    fit_on: Annotated[str | None, typer.Option(help="Split the weights are fitted on (default val).")] = None,
     fmt: FormatOption = None,
-    box_mode: Annotated[str | None, typer.Option("--box-mode", help="mean or best (default mean).")] = None,
+    box_mode: Annotated[str | None, typer.Option(help="mean or best (default mean).")] = None,
     target_precision: Annotated[
-        float | None,
-        typer.Option("--target-precision", help="Also store an 'unknown' threshold reaching this precision."),
+        float | None, typer.Option(help="Also store an 'unknown' threshold reaching this precision.")
     ] = None,
     no_calibrate: Annotated[
         bool, typer.Option("--no-calibrate", help="Keep temperature 1 (do not fit it on the fit split).")
     ] = False,
-    name: Annotated[str | None, typer.Option("--name", help="Ensemble name (default: the folder's).")] = None,
+    name: Annotated[str | None, typer.Option(help="Ensemble name (default: the folder's).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing ensemble folder.")] = False,
 ) -> None:
     """Combine exported models into one ensemble folder (weights fitted on the validation split)."""
@@ -108,11 +94,11 @@ def ensemble(
         calibrate=not no_calibrate,
         overwrite=force,
         progress=True,
-        say=_say,
+        say=say,
         **given(mode=mode, fit_on=fit_on, box_mode=box_mode, target_precision=target_precision, name=name),
     )
     for line in built.summary_lines():
-        _say(line)
+        say(line)
 
 
 def calibrate(
@@ -126,16 +112,11 @@ def calibrate(
         Path | None,
         typer.Argument(help="A dataset or a split CSV. Default: the run's split.csv.", show_default=False),
     ] = None,
-    split: Annotated[str | None, typer.Option("--split", help="Split to fit on (default val).")] = None,
+    split: Annotated[str | None, typer.Option(help="Split to fit on (default val).")] = None,
     fmt: FormatOption = None,
-    target_precision: Annotated[
-        float | None,
-        typer.Option(
-            "--target-precision", help="Precision the 'unknown' threshold must reach (default 0.95)."
-        ),
-    ] = None,
+    target_precision: TargetPrecisionOption = None,
     no_threshold: Annotated[bool, typer.Option("--no-threshold", help="Store the temperature only.")] = False,
-    backend: Annotated[str | None, typer.Option("--backend", help="auto, onnx or torch.")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, onnx or torch.")] = None,
 ) -> None:
     """Fit the temperature and the 'unknown' threshold on validation images; store them in the bundle."""
     from carid.evaluation.calibrate import calibrate_model
@@ -149,4 +130,4 @@ def calibrate(
         **given(split=split, target_precision=target_precision, backend=backend),
     )
     for line in update.summary_lines():
-        _say(line)
+        say(line)

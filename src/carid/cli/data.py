@@ -11,7 +11,17 @@ from typing import Annotated
 
 import typer
 
-from carid.cli.app import FormatOption, OutOption, SetOption, console, err_console, given, overrides_with
+from carid.cli.app import (
+    FormatOption,
+    OutOption,
+    SetOption,
+    console,
+    data_app,
+    err_console,
+    given,
+    out_option,
+    overrides_with,
+)
 from carid.errors import CaridError
 
 DataPath = Annotated[
@@ -43,6 +53,7 @@ def _inspect(path: Path, config, out: Path, split: bool, progress: bool = True):
     return inspect_dataset(path, config.data, config.check, out_dir=out, split=split, progress=progress)
 
 
+@data_app.command("formats")
 def data_formats() -> None:
     """List the dataset formats carid reads."""
     from rich.table import Table
@@ -55,6 +66,7 @@ def data_formats() -> None:
     console.print(table)
 
 
+@data_app.command("check")
 def data_check(
     path: DataPath = None,
     fmt: FormatOption = None,
@@ -79,10 +91,11 @@ def data_check(
     raise typer.Exit(report.exit_code(strict))
 
 
+@data_app.command("split")
 def data_split(
     path: DataPath = None,
     fmt: FormatOption = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Split CSV to write.")] = None,
+    out: Annotated[Path | None, out_option("Split CSV to write.")] = None,
     val: Annotated[float | None, typer.Option(help="Validation fraction.")] = None,
     test: Annotated[float | None, typer.Option(help="Test fraction.")] = None,
     seed: Annotated[
@@ -124,6 +137,7 @@ def _print_split(inspection) -> None:
     console.print(f"split: {parts} ({excluded} excluded by the checks)")
 
 
+@data_app.command("report")
 def data_report(
     path: DataPath = None,
     fmt: FormatOption = None,
@@ -148,6 +162,7 @@ def _report(data_path: Path, config, out_dir: Path) -> Path:
     return write_data_report(inspection, out_dir, title=f"carid data report: {data_path.name}")
 
 
+@data_app.command("taxonomy")
 def data_taxonomy(
     path: DataPath = None,
     fmt: FormatOption = None,
@@ -172,6 +187,7 @@ def data_taxonomy(
         console.print(f"[yellow]not parsed ({len(taxonomy.unparsed)}):[/] {', '.join(taxonomy.unparsed)}")
 
 
+@data_app.command("collect")
 def data_collect(
     inputs: Annotated[
         list[str] | None,
@@ -182,8 +198,7 @@ def data_collect(
         ),
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Collection folder: <label>/ images, manifest.jsonl, summary.json."),
+        Path | None, out_option("Collection folder: <label>/ images, manifest.jsonl, summary.json.")
     ] = None,
     source: Annotated[
         str | None,
@@ -253,10 +268,11 @@ def data_collect(
     raise typer.Exit(summary.exit_code(strict))
 
 
+@data_app.command("compose")
 def data_compose(
     objects: Annotated[Path, typer.Argument(help="A labelled dataset of crops (any carid format).")],
     backgrounds: Annotated[Path, typer.Argument(help="A folder of background photos with no car.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (csv-boxes dataset).")],
+    out: Annotated[Path, out_option("Output folder (csv-boxes dataset).")],
     fmt: FormatOption = None,
     per_object: Annotated[int, typer.Option(help="Composites per crop.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of placement, scale, flip and background.")] = 0,
@@ -299,6 +315,7 @@ def data_compose(
     )
 
 
+@data_app.command("curate")
 def data_curate(
     path: DataPath = None,
     fmt: FormatOption = None,
@@ -318,7 +335,7 @@ def data_curate(
     ] = True,
     delete: Annotated[bool, typer.Option("--delete", help="Delete the flagged files (recorded).")] = False,
     move_to: Annotated[
-        Path | None, typer.Option("--move-to", help="Move the flagged files into this folder (recorded).")
+        Path | None, typer.Option(help="Move the flagged files into this folder (recorded).")
     ] = None,
     config_path: ConfigOption = None,
     overrides: SetOption = None,

@@ -11,7 +11,16 @@ from typing import Annotated
 
 import typer
 
-from carid.cli.app import FormatOption, OutOption, TtaOption, console, given, print_error
+from carid.cli.app import (
+    FormatOption,
+    OutOption,
+    TargetPrecisionOption,
+    TtaOption,
+    console,
+    given,
+    out_option,
+    print_error,
+)
 
 
 def evaluate(
@@ -25,13 +34,9 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    split: Annotated[
-        str | None, typer.Option("--split", help="train, val, test or all (default: test).")
-    ] = None,
+    split: Annotated[str | None, typer.Option(help="train, val, test or all (default: test).")] = None,
     fmt: FormatOption = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (default: RUN/evaluation/SPLIT).")
-    ] = None,
+    out: Annotated[Path | None, out_option("Output folder (default: RUN/evaluation/SPLIT).")] = None,
     fit_calibration: Annotated[
         bool,
         typer.Option(
@@ -39,22 +44,14 @@ def evaluate(
             help="Fit a temperature and an 'unknown' threshold on the validation split (calibration.json).",
         ),
     ] = False,
-    target_precision: Annotated[
-        float | None,
-        typer.Option(
-            "--target-precision", help="Precision the 'unknown' threshold must reach (default 0.95)."
-        ),
-    ] = None,
+    target_precision: TargetPrecisionOption = None,
     unknown_threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--unknown-threshold", help="Report coverage/accuracy answering 'unknown' below this top-1."
-        ),
+        float | None, typer.Option(help="Report coverage/accuracy answering 'unknown' below this top-1.")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help="Image-loading processes.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto (checkpoints).")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="Bundles: auto, onnx or torch.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Image-loading processes.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto (checkpoints).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Bundles: auto, onnx or torch.")] = None,
     tta: TtaOption = None,
 ) -> None:
     """Score a model on a split: accuracy, per-class F1, confusion, IoU, calibration, report.html."""
@@ -88,9 +85,7 @@ def compare(
             "--metric", "-m", help="Rank by this (default val/acc); loss-like metrics: lower is better."
         ),
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (default: outputs/compare).")
-    ] = None,
+    out: Annotated[Path | None, out_option("Output folder (default: outputs/compare).")] = None,
 ) -> None:
     """Compare runs side by side: settings, best and final metrics, test scores, curves."""
     from carid.evaluation.compare import compare_runs
@@ -113,12 +108,10 @@ def explain(
     ] = None,
     layer: Annotated[
         str | None,
-        typer.Option(
-            "--layer", help="Grad-CAM layer (module name). Default: the backbone's last feature map."
-        ),
+        typer.Option(help="Grad-CAM layer (module name). Default: the backbone's last feature map."),
     ] = None,
     shap_evals: Annotated[
-        int | None, typer.Option("--shap-evals", help="SHAP model evaluations per photo (more = finer).")
+        int | None, typer.Option(help="SHAP model evaluations per photo (more = finer).")
     ] = None,
 ) -> None:
     """Explain a model's decisions on photos: Grad-CAM (class and box) and SHAP pictures (PNG)."""

@@ -13,8 +13,15 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from carid.cli.app import TtaOption, console, err_console, given
+from carid.cli.app import TtaOption, console, err_console, given, out_option, say
 from carid.errors import CaridError
+
+ModelArgument = Annotated[
+    Path,
+    typer.Argument(help="A bundle folder (or its model.json), a run folder or a .ckpt.", show_default=False),
+]
+BACKEND_HELP = "auto (ONNX Runtime for bundles, PyTorch for checkpoints), onnx or torch."
+ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")]
 
 
 def enroll(
@@ -31,9 +38,7 @@ def enroll(
     replace_photos: Annotated[
         bool, typer.Option("--replace", help="An enrolled class forgets its earlier photos.")
     ] = False,
-    remove: Annotated[
-        list[str] | None, typer.Option("--remove", help="Remove this enrolled class (repeatable).")
-    ] = None,
+    remove: Annotated[list[str] | None, typer.Option(help="Remove this enrolled class (repeatable).")] = None,
     list_classes: Annotated[bool, typer.Option("--list", help="List the enrolled classes.")] = False,
 ) -> None:
     """Add a class to a bundle from a few photos, without retraining; --remove one; list them (--list,
@@ -58,12 +63,9 @@ def enroll(
             say=lambda line: err_console.print(f"[yellow]{escape(line)}[/]", highlight=False),
         )
         verb = "enrolled" if result.new_class else "updated"
-        console.print(
+        say(
             f"{verb} {result.label!r} from {len(result.added_photos)} photo(s) ({result.photos} in all, "
-            f"{len(result.skipped)} skipped); {len(result.classes)} enrolled class(es) "
-            f"in {result.bundle}",
-            markup=False,
-            highlight=False,
+            f"{len(result.skipped)} skipped); {len(result.classes)} enrolled class(es) in {result.bundle}"
         )
     elif photos:
         raise CaridError("photos given without --label NAME (the class they show)")
@@ -83,34 +85,21 @@ def enroll(
 
 
 def predict(
-    model: Annotated[
-        Path,
-        typer.Argument(
-            help="A bundle folder (or its model.json), a run folder or a .ckpt.", show_default=False
-        ),
-    ],
+    model: ModelArgument,
     paths: Annotated[
         list[str],
         typer.Argument(
             help="Photos: files, folders (searched recursively) or glob patterns.", show_default=False
         ),
     ],
-    top_k: Annotated[
-        int | None, typer.Option("--top-k", min=1, help="Classes listed per photo (default 5).")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write the predictions to a .csv or .json file.")
-    ] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Classes listed per photo (default 5).")] = None,
+    out: Annotated[Path | None, out_option("Write the predictions to a .csv or .json file.")] = None,
     annotate: Annotated[
         Path | None, typer.Option(help="Folder for copies of the photos with the box and label drawn.")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Photos per batch (default 16).")] = None,
-    backend: Annotated[
-        str, typer.Option(help="auto (ONNX Runtime for bundles, PyTorch for checkpoints), onnx or torch.")
-    ] = "auto",
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")
-    ] = None,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
+    threads: ThreadsOption = None,
     tta: TtaOption = None,
 ) -> None:
     """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint."""
@@ -131,21 +120,14 @@ def predict(
     if result.num_failed:
         err_console.print(f"[yellow]{result.num_failed} photo(s) could not be used[/] (see the error column)")
     if result.output is not None:
-        console.print(f"predictions: {result.output}", markup=False, highlight=False)
+        say(f"predictions: {result.output}")
     if annotate is not None:
-        console.print(
-            f"annotated: {len(result.annotated)} photos in {annotate}", markup=False, highlight=False
-        )
+        say(f"annotated: {len(result.annotated)} photos in {annotate}")
     raise typer.Exit(1 if total and result.num_failed == total else 0)
 
 
 def serve(
-    model: Annotated[
-        Path,
-        typer.Argument(
-            help="A bundle folder (or its model.json), a run folder or a .ckpt.", show_default=False
-        ),
-    ],
+    model: ModelArgument,
     host: Annotated[
         str | None,
         typer.Option(help="Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)."),
@@ -160,13 +142,8 @@ def serve(
     max_pixels: Annotated[
         int | None, typer.Option(min=1, help="Largest photo accepted, width x height (default 50,000,000).")
     ] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(help="auto (ONNX Runtime for bundles, PyTorch for checkpoints), onnx or torch."),
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")
-    ] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+    threads: ThreadsOption = None,
     tta: TtaOption = None,
 ) -> None:
     """Serve a model: REST API (POST /predict, GET /model, /health, /docs) and a web page at /."""
@@ -184,4 +161,4 @@ def serve(
             tta=tta,
         )
     )
-    run_server(model, settings, say=lambda line: console.print(line, markup=False, highlight=False))
+    run_server(model, settings, say=say)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from carid.cli.app import SetOption, console
+from carid.cli.app import SetOption, console, out_option
 from carid.errors import CaridError
 
 
@@ -49,15 +49,12 @@ def sweep(
         ),
     ] = None,
     overrides: SetOption = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Sweep folder (default: runs/sweeps/NAME).")
-    ] = None,
+    out: Annotated[Path | None, out_option("Sweep folder (default: runs/sweeps/NAME).")] = None,
     metric: Annotated[
         str | None, typer.Option("--metric", "-m", help="What the comparison ranks by.")
     ] = None,
     name: Annotated[
-        str | None,
-        typer.Option("--name", help="Prefix of the run names (default: the file's, else 'sweep')."),
+        str | None, typer.Option(help="Prefix of the run names (default: the file's, else 'sweep').")
     ] = None,
     no_resume: Annotated[
         bool, typer.Option("--no-resume", help="Refuse to continue a sweep already in the folder.")

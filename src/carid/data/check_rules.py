@@ -82,6 +82,31 @@ def _box_text(box: np.ndarray) -> str:
     return "[" + ", ".join(_px(float(v)) for v in box) + "]"
 
 
+def _unusable_box(
+    box: np.ndarray, box_size: tuple[float, float], inside: tuple[float, float], size: str, min_size: float
+) -> tuple[str, str] | None:
+    """(kind, what is wrong) for a box that cannot be used: not finite or too small
+    ("degenerate_box"), or (almost) entirely outside the image ("box_outside_image"); None otherwise.
+    box_size / inside: width and height of the box and of its part inside the image, pixels."""
+    if not np.all(np.isfinite(box)):
+        return "degenerate_box", "has coordinates that are not finite numbers"
+    if min(box_size) < min_size:
+        width, height = box_size
+        return (
+            "degenerate_box",
+            f"is degenerate: {_px(width)} x {_px(height)} px (min_box_size {_px(min_size)} px)",
+        )
+    if min(inside) <= 0:
+        return "box_outside_image", f"lies entirely outside the {size} px image"
+    if min(inside) < min_size:
+        width, height = inside
+        return (
+            "box_outside_image",
+            f"lies almost entirely outside the {size} px image (only {_px(width)} x {_px(height)} px inside)",
+        )
+    return None
+
+
 def check_boxes(
     sample: Sample, width: int, height: int, name: str, config: CheckConfig
 ) -> tuple[np.ndarray, list[Problem]]:
@@ -100,24 +125,10 @@ def check_boxes(
         which = f"box {k + 1} of {len(boxes)} {_box_text(box)}" if len(boxes) > 1 else f"box {_box_text(box)}"
         box_w, box_h = float(box[2] - box[0]), float(box[3] - box[1])
         inside_w, inside_h = float(clipped[k, 2] - clipped[k, 0]), float(clipped[k, 3] - clipped[k, 1])
-        if not np.all(np.isfinite(box)):
-            message = f"{name}: {which} has coordinates that are not finite numbers"
-            problems.append(sample_problem(sample, "degenerate_box", Severity.ERROR, message))
-        elif box_w < config.min_box_size or box_h < config.min_box_size:
-            message = (
-                f"{name}: {which} is degenerate: {_px(box_w)} x {_px(box_h)} px "
-                f"(min_box_size {_px(config.min_box_size)} px)"
-            )
-            problems.append(sample_problem(sample, "degenerate_box", Severity.ERROR, message))
-        elif inside_w <= 0 or inside_h <= 0:
-            message = f"{name}: {which} lies entirely outside the {size} px image"
-            problems.append(sample_problem(sample, "box_outside_image", Severity.ERROR, message))
-        elif inside_w < config.min_box_size or inside_h < config.min_box_size:
-            message = (
-                f"{name}: {which} lies almost entirely outside the {size} px image "
-                f"(only {_px(inside_w)} x {_px(inside_h)} px inside)"
-            )
-            problems.append(sample_problem(sample, "box_outside_image", Severity.ERROR, message))
+        error = _unusable_box(box, (box_w, box_h), (inside_w, inside_h), size, config.min_box_size)
+        if error is not None:
+            kind, text = error
+            problems.append(sample_problem(sample, kind, Severity.ERROR, f"{name}: {which} {text}"))
         else:
             overhang = {
                 "left": max(0.0, -float(box[0])),

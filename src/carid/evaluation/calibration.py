@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from carid.evaluation.metrics import as_labels, as_probabilities
+from carid.evaluation.metrics import as_labels, as_probabilities, as_score_matrix
 from carid.runtime.calibration import (
     as_temperature,
     as_threshold,
@@ -37,19 +37,9 @@ LOG_TEMPERATURE_TOLERANCE = 1e-5  # golden-section stops when the log-T bracket 
 _INVERSE_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
-def _as_logits(logits: object) -> np.ndarray:
-    array = np.asarray(logits, dtype=np.float64)
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise ValueError(f"logits must have shape [N, C] with C >= 1, got {list(array.shape)}")
-    not_finite = np.flatnonzero(~np.isfinite(array).all(axis=1))
-    if not_finite.size:
-        raise ValueError(f"logits row {not_finite[0]} has a NaN or infinite value")
-    return array
-
-
 def temperature_nll(logits: object, labels: object, temperature: float) -> float:
     """Mean negative log-likelihood (nats) of softmax(logits / temperature) over the labeled samples."""
-    values = _as_logits(logits)
+    values = as_score_matrix(logits, "logits")
     truth = as_labels(labels, len(values), values.shape[1])
     labeled = truth >= 0
     if not labeled.any():
@@ -73,7 +63,7 @@ def fit_temperature(
     T > 1 softens over-confident predictions, T < 1 sharpens. When the NLL keeps falling towards a
     bound (e.g. every validation sample right with a wide margin), the bound is returned.
     """
-    values = _as_logits(logits)
+    values = as_score_matrix(logits, "logits")
     truth = as_labels(labels, len(values), values.shape[1])
     labeled = truth >= 0
     if not labeled.any():

@@ -148,22 +148,17 @@ class RunSummary:
         }
 
 
-def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
-    if not path.is_file():
+def _read_mapping(path: Path, notes: list[str]) -> dict[str, Any]:
+    """A run file's mapping: JSON, or YAML for .yaml files; {} with a note when it cannot be read
+    ({} without one when a JSON file is not there: not every run writes every file)."""
+    is_yaml = path.suffix == ".yaml"
+    if not is_yaml and not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
         notes.append(f"{path.name} unreadable ({exc})")
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        notes.append(f"config.yaml unreadable ({exc})")
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -231,10 +226,10 @@ def summarize_run(run_dir: Path | str, metric: str = "val/acc") -> RunSummary:
     """Read one run folder (see the module docstring); what is missing is noted, not guessed."""
     run_dir = Path(run_dir)
     notes: list[str] = []
-    config = _read_config(RunDir(run_dir).config, notes)
+    config = _read_mapping(RunDir(run_dir).config, notes)
     model, train = _section(config, "model"), _section(config, "train")
     data = _section(config, "data")
-    summary = _read_json(run_dir / "summary.json", notes)
+    summary = _read_mapping(run_dir / "summary.json", notes)
     if not summary:
         notes.append("no summary.json (the run did not finish)")
     records = tuple(epoch_metrics(RunDir(run_dir).metrics))
@@ -262,7 +257,7 @@ def summarize_run(run_dir: Path | str, metric: str = "val/acc") -> RunSummary:
         notes.append("no checkpoint")
 
     evaluation: dict[str, float] = {}
-    evaluated = _read_json(run_dir / EVALUATION_JSON, notes).get("result") or {}
+    evaluated = _read_mapping(run_dir / EVALUATION_JSON, notes).get("result") or {}
     if evaluated:
         top_k = evaluated.get("top_k_accuracy") or {}
         values = {

@@ -60,6 +60,7 @@ from carid.evaluation.ensemble_fit import EnsembleFit, fit_ensemble
 from carid.evaluation.metrics import calibration_stats
 from carid.evaluation.scoring import align_labels
 from carid.evaluation.sources import BundleScoreSource, in_class_order, merged_problems
+from carid.files import move_folder_into_place
 from carid.runtime.calibration import apply_temperature
 from carid.runtime.ensemble import combine_boxes, combine_probabilities, probabilities_to_logits
 
@@ -521,15 +522,9 @@ def _write_ensemble_folder(
             shutil.copytree(folder, staging / member.path, ignore=shutil.ignore_patterns(".*", "__pycache__"))
         write_ensemble_metadata(staging, metadata)
         Ensemble.load(staging)  # what readers will see: validate before moving into place
-        if out_dir.exists():
-            if not overwrite:
-                raise EnsembleError(f"{out_dir} appeared while building; pass --force to replace it")
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
+        if out_dir.exists() and not overwrite:
+            raise EnsembleError(f"{out_dir} appeared while building; pass --force to replace it")
+        move_folder_into_place(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -68,18 +68,27 @@ NLL_FLOOR = 1e-12  # probabilities are clipped to this before the log, so one ze
 SUM_TOLERANCE = 1e-3  # how far a probability row may sum from 1
 
 
+def as_score_matrix(values: object, name: str) -> np.ndarray:
+    """Validated float64 [N, C] scores (logits or probabilities): C >= 1, every value finite.
+
+    Raises ValueError naming `name` and the first bad row.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise ValueError(f"{name} must have shape [N, C] with C >= 1, got {list(array.shape)}")
+    not_finite = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if not_finite.size:
+        raise ValueError(f"{name} row {not_finite[0]} has a NaN or infinite value")
+    return array
+
+
 def as_probabilities(probabilities: object, name: str = "probabilities") -> np.ndarray:
     """Validated float64 [N, C] probabilities: finite, non-negative, each row summing to 1.
 
     Raises ValueError naming the first bad row; a row that does not sum to 1 usually means logits
     were passed where softmax probabilities were expected.
     """
-    array = np.asarray(probabilities, dtype=np.float64)
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise ValueError(f"{name} must have shape [N, C] with C >= 1, got {list(array.shape)}")
-    not_finite = np.flatnonzero(~np.isfinite(array).all(axis=1))
-    if not_finite.size:
-        raise ValueError(f"{name} row {not_finite[0]} has a NaN or infinite value")
+    array = as_score_matrix(probabilities, name)
     negative = np.flatnonzero((array < 0).any(axis=1))
     if negative.size:
         raise ValueError(f"{name} row {negative[0]} has a negative value")

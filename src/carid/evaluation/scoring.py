@@ -12,7 +12,7 @@ to this protocol, so a PyTorch checkpoint and an exported ONNX bundle are evalua
 - `BundleScoreSource`: an exported bundle (a folder with model.json + model.onnx), scored through
   `carid.runtime.predictor.Predictor`: the predictor's own image preparation and backend (ONNX Runtime by
   default), raw logits from the network, probabilities with the bundle's temperature applied.
-- `carid.evaluation.ensemble.EnsembleScoreSource`: an ensemble folder (ensemble.json + member
+- `carid.evaluation.sources.EnsembleScoreSource`: an ensemble folder (ensemble.json + member
   bundles): each member scored as a bundle, probabilities combined; its "logits" are the log of the
   combined probabilities, so a temperature fitted on them is absolute too.
 

@@ -10,6 +10,7 @@
     checkpoint.py load_for_inference(checkpoint) -> (CarNet, ModelMetadata), without the training code
     losses.py     CarLoss: cross-entropy + box L1 + GIoU, returned as a dict of parts
     imagenet.py   IMAGENET_CAR_CLASSES (torch-free)
+    nocar.py      ImageNetCarScorer: the "is there a car in this photo" score of `carid data curate`
 
 Import from the submodules (`from carid.models.network import build_network`). This package file
 imports nothing, so `carid.models.imagenet` stays importable without torch.

@@ -80,6 +80,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _LoadOptions:
+    """How `Predictor.load` opens one model (see its docstring)."""
+
+    backend: str
+    providers: Sequence[str] | None
+    threads: int | None
+    device: str
+    enrolled: bool
+
+
 PredictorLoader = Callable[..., "Predictor"]
 _LOADERS: dict[str, PredictorLoader] = {}
 
@@ -184,57 +195,45 @@ class Predictor:
             if load_ensemble is None:  # only when carid.runtime.ensemble was never imported
                 raise PredictorError(f"{path}: no loader for ensembles is registered")
             return load_ensemble(path, backend, providers=providers, threads=threads, device=device, tta=tta)
-        predictor = cls._load_one(path, backend, providers, threads, device, enrolled)
+        options = _LoadOptions(backend, providers, threads, device, enrolled)
+        predictor = cls._load_one(path, options)
         predictor.backend = with_tta(predictor.backend, tta)  # type: ignore[assignment]
         return predictor
 
     @classmethod
-    def _load_one(
-        cls,
-        path: Path,
-        backend: str,
-        providers: Sequence[str] | None,
-        threads: int | None,
-        device: str,
-        enrolled: bool,
-    ) -> Predictor:
+    def _load_one(cls, path: Path, options: _LoadOptions) -> Predictor:
         """A predictor for one model (not an ensemble), without TTA; see `load`."""
         if is_bundle_dir(path) or path.name == METADATA_FILE:
-            return cls._from_bundle(Bundle.load(path), backend, providers, threads, device, enrolled)
+            return cls._from_bundle(Bundle.load(path), options)
         if path.is_file() and path.suffix == ".onnx":
             if not (path.parent / METADATA_FILE).is_file():
                 raise PredictorError(
                     f"{path}: an ONNX file needs its {METADATA_FILE} beside it (a carid bundle)"
                 )
-            return cls._from_bundle(Bundle.load(path.parent), backend, providers, threads, device, enrolled)
+            return cls._from_bundle(Bundle.load(path.parent), options)
         if path.is_file() and path.suffix == ".ckpt":
-            if backend == "onnx":
+            if options.backend == "onnx":
                 raise PredictorError(
                     f"{path}: a checkpoint runs on the torch backend; export it (carid export {path}) "
                     "to predict on ONNX Runtime"
                 )
-            return cls._from_checkpoint(path, threads=threads, device=device)
+            return cls._from_checkpoint(path, options)
         run = RunDir(path)
         if path.is_dir() and (run.best_checkpoint.is_file() or run.export.is_dir()):
-            return cls._from_run(run, backend, providers, threads, device, enrolled)
+            return cls._from_run(run, options)
         raise PredictorError(
             f"{path}: not a model: expected a bundle folder (with {METADATA_FILE}), a .ckpt checkpoint "
             f"or a run folder (with {BEST_CHECKPOINT.as_posix()})"
         )
 
     @classmethod
-    def _from_bundle(
-        cls,
-        bundle: Bundle,
-        backend: str,
-        providers: Sequence[str] | None,
-        threads: int | None,
-        device: str,
-        enrolled: bool = True,
-    ) -> Predictor:
+    def _from_bundle(cls, bundle: Bundle, options: _LoadOptions) -> Predictor:
         metadata = bundle.metadata
-        if backend != "torch":
-            onnx = OnnxBackend(bundle.model_path, metadata.input_name, providers=providers, threads=threads)
+        enrolment = _enrolment(bundle, options.enrolled)
+        if options.backend != "torch":
+            onnx = OnnxBackend(
+                bundle.model_path, metadata.input_name, providers=options.providers, threads=options.threads
+            )
             missing = [name for name in metadata.output_names if name not in onnx.output_names]
             if missing:
                 raise BundleError(
@@ -242,7 +241,7 @@ class Predictor:
                     f"but {bundle.metadata_path} field 'output_names' lists {list(metadata.output_names)}"
                 )
             check_input_size(onnx, metadata, bundle.model_path)
-            return cls(onnx, metadata, bundle.path, _enrolment(bundle, enrolled))
+            return cls(onnx, metadata, bundle.path, enrolment)
         checkpoint = metadata.source_checkpoint
         if not checkpoint or not Path(checkpoint).is_file():
             raise PredictorError(
@@ -254,20 +253,20 @@ class Predictor:
                 f"{bundle.path}: the source checkpoint {checkpoint} changed since the export "
                 "(its SHA-256 differs from model.json 'source_sha256')"
             )
-        torch_backend, checkpoint_metadata = TorchBackend.from_checkpoint(checkpoint, device, threads)
+        torch_backend, checkpoint_metadata = TorchBackend.from_checkpoint(
+            checkpoint, options.device, options.threads
+        )
         if tuple(checkpoint_metadata["class_names"]) != metadata.class_names:
             raise PredictorError(f"{bundle.path}: the classes of {checkpoint} differ from the bundle's")
-        return cls(torch_backend, metadata, bundle.path, _enrolment(bundle, enrolled))
+        return cls(torch_backend, metadata, bundle.path, enrolment)
 
     @classmethod
     def _from_checkpoint(
-        cls,
-        checkpoint: Path,
-        threads: int | None,
-        device: str,
-        calibration: dict[str, Any] | None = None,
+        cls, checkpoint: Path, options: _LoadOptions, calibration: dict[str, Any] | None = None
     ) -> Predictor:
-        backend, checkpoint_metadata = TorchBackend.from_checkpoint(checkpoint, device, threads)
+        backend, checkpoint_metadata = TorchBackend.from_checkpoint(
+            checkpoint, options.device, options.threads
+        )
         network = backend.network
         metadata = BundleMetadata.from_checkpoint_metadata(
             checkpoint_metadata,
@@ -280,25 +279,17 @@ class Predictor:
         return cls(backend, metadata, checkpoint)
 
     @classmethod
-    def _from_run(
-        cls,
-        run: RunDir,
-        backend: str,
-        providers: Sequence[str] | None,
-        threads: int | None,
-        device: str,
-        enrolled: bool = True,
-    ) -> Predictor:
-        if backend != "torch" and run.has_export():
-            return cls._from_bundle(Bundle.load(run.export), "onnx", providers, threads, device, enrolled)
-        if backend == "onnx":
+    def _from_run(cls, run: RunDir, options: _LoadOptions) -> Predictor:
+        if options.backend != "torch" and run.has_export():
+            return cls._from_bundle(Bundle.load(run.export), replace(options, backend="onnx"))
+        if options.backend == "onnx":
             raise PredictorError(
                 f"{run.path}: the run has no export in {run.export}; run `carid export {run.path}`"
             )
         checkpoint = run.best_checkpoint
         if not checkpoint.is_file():
             raise PredictorError(f"{run.path}: the run has no {BEST_CHECKPOINT.as_posix()}")
-        return cls._from_checkpoint(checkpoint, threads, device, _export_calibration(run.export, checkpoint))
+        return cls._from_checkpoint(checkpoint, options, _export_calibration(run.export, checkpoint))
 
     # --- predicting ------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -254,21 +255,13 @@ class Engine:
                 return replace(answer, final_url=current, redirects=tuple(hops))
             target = answer.location
             chain = " -> ".join([url, *hops, target])
+            failed = partial(_Failed, status=answer.status, final_url=current, redirects=(*hops, target))
             if target in visited:
-                return _Failed(
-                    Outcome.REDIRECT_LOOP,
-                    f"redirect loop: {chain}",
-                    status=answer.status,
-                    final_url=current,
-                    redirects=(*hops, target),
-                )
+                return failed(Outcome.REDIRECT_LOOP, f"redirect loop: {chain}")
             if len(hops) >= self.config.max_redirects:
-                return _Failed(
-                    Outcome.TOO_MANY_REDIRECTS,
-                    f"more than max_redirects={self.config.max_redirects} redirects: {chain}",
-                    status=answer.status,
-                    final_url=current,
-                    redirects=(*hops, target),
+                limit = self.config.max_redirects
+                return failed(
+                    Outcome.TOO_MANY_REDIRECTS, f"more than max_redirects={limit} redirects: {chain}"
                 )
             problem = url_problem(target)
             if problem is not None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -226,3 +227,32 @@ def label_of_largest_box(
         f"the image label is {largest!r}, the largest box's"
     )
     return largest, [Problem("mixed_object_classes", message, source, Severity.WARNING, str(path))]
+
+
+def missing_listed_image(
+    name: str, folder: Path, images: Container[str], what: str, source: str
+) -> Problem | None:
+    """ERROR ``missing_file`` when an image an annotation lists (by its name in `folder`) is neither
+    among the folder's images nor, for a name with a sub-folder, a file; None when it is there."""
+    image = folder / name
+    if name in images or ("/" in name and image.is_file()):
+        return None
+    return Problem("missing_file", f"{what} {name} is not in {folder}", source, Severity.ERROR, str(image))
+
+
+def class_name_conflict(
+    names: dict[Any, str],
+    key: Any,
+    name: str,
+    subject: str,
+    elsewhere: str,
+    source: str,
+    path: str | None = None,
+) -> Problem | None:
+    """Record `name` for class `key` (the first name given wins); WARNING ``inconsistent_class_name``
+    when `key` was named differently before: "<subject> <name> here but <known> <elsewhere>"."""
+    known = names.setdefault(key, name)
+    if known == name:
+        return None
+    message = f"{subject} {name!r} here but {known!r} {elsewhere}; using {known!r}"
+    return Problem("inconsistent_class_name", message, source, Severity.WARNING, path)

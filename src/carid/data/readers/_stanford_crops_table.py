@@ -11,7 +11,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from carid.data.readers._common import csv_header, list_images, relative_path
+from carid.data.readers._common import (
+    class_name_conflict,
+    csv_header,
+    list_images,
+    missing_listed_image,
+    relative_path,
+)
 from carid.data.readers._registry import DatasetError
 from carid.data.readers._stanford_devkit import BOX_FIELDS
 from carid.data.samples import Problem, Sample, SampleTable, Severity
@@ -101,18 +107,12 @@ def read_crops_table(path: Path) -> SampleTable:
             seen[fname] = source
             name = (row.get("class_name") or "").strip() if has_names else ""
             if name:
-                known = names_of_id.setdefault(class_id, name)
-                if known != name:
-                    problems.append(
-                        Problem(
-                            "inconsistent_class_name",
-                            f"class_id {class_id} is named {name!r} here but {known!r} elsewhere; "
-                            f"using {known!r}",
-                            source,
-                            Severity.WARNING,
-                            str(image),
-                        )
-                    )
+                subject = f"class_id {class_id} is named"
+                conflict = class_name_conflict(
+                    names_of_id, class_id, name, subject, "elsewhere", source, str(image)
+                )
+                if conflict is not None:
+                    problems.append(conflict)
             rows.append((fname, class_id, source))
     if not has_names:
         problems.append(
@@ -127,18 +127,11 @@ def read_crops_table(path: Path) -> SampleTable:
     label_of = {class_id: names_of_id.get(class_id, f"class {class_id}") for class_id in class_ids}
     samples: list[Sample] = []
     for fname, class_id, source in rows:
-        image = image_folder / fname
-        if fname not in images and ("/" not in fname or not image.is_file()):
-            problems.append(
-                Problem(
-                    "missing_file",
-                    f"crop {fname} is not in {image_folder}",
-                    source,
-                    Severity.ERROR,
-                    str(image),
-                )
-            )
+        missing = missing_listed_image(fname, image_folder, images, "crop", source)
+        if missing is not None:
+            problems.append(missing)
             continue
+        image = image_folder / fname
         samples.append(Sample(image, label_of[class_id], source=source))
     for name in sorted(set(images) - set(seen)):
         problems.append(

@@ -13,7 +13,7 @@ crops), record an INFO ``cross_reference`` problem saying what they used, and ac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +181,15 @@ def _neighbour_folders(folder: Path) -> Iterator[Path]:
                 yield candidate
 
 
+def _given_or_found(
+    given: Path | str | None, candidates: Iterable[Path], found: Callable[[Path], bool]
+) -> Path | None:
+    """The folder the caller gave, else the first candidate where `found` holds (None: none)."""
+    if given is not None:
+        return Path(given)
+    return next((folder for folder in candidates if found(folder)), None)
+
+
 def cross_check_missing_photos(
     root: Path, missing: list[Sample], table: SampleTable, crops: Path | SampleTable | None
 ) -> list[Problem]:
@@ -194,11 +203,7 @@ def cross_check_missing_photos(
     if isinstance(crops, SampleTable):
         crop_table, where = crops, f"the given crops table ({crops.root})"
     else:
-        folder = (
-            Path(crops)
-            if crops is not None
-            else next((f for f in _neighbour_folders(root) if sniff_stanford_crops(f) == 2), None)
-        )
+        folder = _given_or_found(crops, _neighbour_folders(root), lambda f: sniff_stanford_crops(f) == 2)
         if folder is None:
             return [
                 Problem(
@@ -233,14 +238,8 @@ def cross_check_crops(table: SampleTable, annotations: Path | SampleTable | None
     if isinstance(annotations, SampleTable):
         official, where = annotations, f"the given annotations table ({annotations.root})"
     else:
-        folder = (
-            Path(annotations)
-            if annotations is not None
-            else next(
-                (f for f in (table.root, *_neighbour_folders(table.root)) if locate_devkit(f) is not None),
-                None,
-            )
-        )
+        candidates = (table.root, *_neighbour_folders(table.root))
+        folder = _given_or_found(annotations, candidates, lambda f: locate_devkit(f) is not None)
         if folder is None:
             return [
                 Problem(

@@ -27,6 +27,7 @@ from carid import boxes as box_ops
 from carid.data.readers._common import (
     SPLIT_NAMES,
     check_boxes,
+    class_name_conflict,
     label_of_largest_box,
     list_files,
     relative_path,
@@ -141,17 +142,10 @@ def _read_file(
                 )
             )
             continue
-        known = categories.setdefault(category_id, name)
-        if known != name:
-            problems.append(
-                Problem(
-                    "inconsistent_class_name",
-                    f"category {category_id} is {name!r} here but {known!r} in an earlier file; "
-                    f"using {known!r}",
-                    relative,
-                    Severity.WARNING,
-                )
-            )
+        subject = f"category {category_id} is"
+        conflict = class_name_conflict(categories, category_id, name, subject, "in an earlier file", relative)
+        if conflict is not None:
+            problems.append(conflict)
 
     by_image: dict[object, list[dict]] = defaultdict(list)
     image_ids = {image.get("id") for image in data["images"] if isinstance(image, dict)}

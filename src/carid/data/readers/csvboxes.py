@@ -31,6 +31,7 @@ from carid.data.readers._common import (
     label_of_largest_box,
     list_files,
     list_images,
+    missing_listed_image,
     relative_path,
 )
 from carid.data.readers._registry import DatasetError, register_reader
@@ -194,18 +195,11 @@ def read_csv_boxes(path: Path, *, box_label: str = DEFAULT_BOX_LABEL) -> SampleT
 
     samples: list[Sample] = []
     for image_id, entry in listed.items():
-        image = image_folder / image_id
-        if image_id not in images and ("/" not in image_id or not image.is_file()):
-            problems.append(
-                Problem(
-                    "missing_file",
-                    f"image {image_id} is not in {image_folder}",
-                    entry.source,
-                    Severity.ERROR,
-                    str(image),
-                )
-            )
+        missing = missing_listed_image(image_id, image_folder, images, "image", entry.source)
+        if missing is not None:
+            problems.append(missing)
             continue
+        image = image_folder / image_id
         if entry.broken:
             continue
         labels = entry.labels if has_labels else [box_label] * len(entry.boxes)

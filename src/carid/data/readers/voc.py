@@ -64,6 +64,19 @@ class VocAnnotation:
     problems: list[Problem]
     usable: bool
 
+    def sample(self, image: Path, label: str | None, split: str | None, source: str) -> Sample:
+        """The sample of this annotation's image: every object a box, the XML's size."""
+        return Sample(
+            image,
+            label,
+            boxes=self.boxes,
+            box_labels=self.names,
+            width=self.width,
+            height=self.height,
+            split=split,
+            source=source,
+        )
+
 
 def _text(element: ElementTree.Element | None, tag: str) -> str | None:
     if element is None:
@@ -407,18 +420,7 @@ def _read_pets(layout: VocLayout) -> SampleTable:
                     str(image),
                 )
             )
-        samples.append(
-            Sample(
-                image,
-                breed,
-                boxes=parsed.boxes,
-                box_labels=parsed.names,
-                width=parsed.width,
-                height=parsed.height,
-                split=split,
-                source=source,
-            )
-        )
+        samples.append(parsed.sample(image, breed, split, source))
 
     for stem, xml in sorted(xmls.items()):
         problems.append(
@@ -534,18 +536,7 @@ def _read_plain_voc(layout: VocLayout) -> SampleTable:
             )
         if not len(parsed.boxes):
             problems.append(Problem("no_box", "the XML holds no object", source, Severity.INFO, str(image)))
-        samples.append(
-            Sample(
-                image,
-                label,
-                boxes=parsed.boxes,
-                box_labels=parsed.names,
-                width=parsed.width,
-                height=parsed.height,
-                split=split_of.get(xml.stem),
-                source=source,
-            )
-        )
+        samples.append(parsed.sample(image, label, split_of.get(xml.stem), source))
     for _name, image in sorted(images.by_name.items()):
         if image in used:
             continue
