@@ -6,8 +6,10 @@ the inference and slim-install tests import them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 import yaml
 
 from carid.artifacts.bundle import METADATA_FILE, MODEL_FILE, Bundle
-from carid.artifacts.enrolment import ENROLMENT_FILE
+from carid.artifacts.enrolment import ENROLMENT_FILE_PATTERN
 from carid.config import Config, from_dict
 from carid.data.split import load_split
 from carid.export import (
@@ -32,6 +34,7 @@ from carid.export import (
 from carid.runtime.backends import OnnxBackend, TorchBackend, file_sha256
 from carid.training.fit import train
 from tests.conftest import write_image
+from tests.test_files import hidden_leftovers, run_killed
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 
 _BUILT: dict[str, Path] = {}
@@ -91,7 +94,8 @@ class PerturbedBackend:
 def test_export_writes_a_parity_checked_bundle(tiny_run: Path, tiny_bundle: Path) -> None:
     assert tiny_bundle == tiny_run / "export"
     files = sorted(p.name for p in tiny_bundle.iterdir())
-    assert files == sorted([METADATA_FILE, MODEL_FILE, ENROLMENT_FILE])
+    arrays = json.loads((tiny_bundle / METADATA_FILE).read_text())["enrolment"]["file"]
+    assert files == sorted([METADATA_FILE, MODEL_FILE, arrays]) and ENROLMENT_FILE_PATTERN.match(arrays)
     assert not [p for p in tiny_run.iterdir() if p.name.startswith(".export")], "staging folder left behind"
     metadata = Bundle.load(tiny_bundle).metadata
     checkpoint = tiny_run / "checkpoints" / "best.ckpt"
@@ -223,6 +227,39 @@ def test_export_errors_name_the_problem(tiny_run: Path, tiny_bundle: Path, tmp_p
         "photo.png",
         "photos",
     ]
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_point_of_export_leaves_a_bundle_that_loads(
+    tiny_run: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """`carid export --force` over a bundle, killed (SIGKILL) before each of its file operations in
+    turn: the old bundle (one enrolled class) or the new one (none) loads and answers; the run that
+    completes removes every leftover of the killed ones."""
+    from carid.enroll.store import enroll
+    from carid.runtime.predictor import Predictor
+
+    parent = tmp_path / "bundles"
+    out = parent / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    photo = write_image(tmp_path / "niva.png", seed=100)
+    enroll(out, "Lada Niva", [photo])
+    arguments = ["export", str(tiny_run), "--out", str(out), "--force", "--parity-images", "0"]
+    operations: list[str] = []  # what each killed run was killed before
+    for point in itertools.count(1):
+        killed = run_killed(arguments, point, watch=parent)
+        if killed.returncode == 0:
+            break
+        assert killed.returncode == -signal.SIGKILL, f"point {point}: {killed.stderr}"
+        operations.append(killed.stderr.strip().splitlines()[-1])
+        where = f"point {point}, {operations[-1]}"
+        predictor = Predictor.load(out)
+        enrolled = predictor.class_names[predictor.trained_classes :]
+        assert enrolled in (("Lada Niva",), ()), f"{where}: {enrolled}"
+        assert predictor.predict([photo])[0].top_k, where
+    assert any("_exchange" in item for item in operations), operations
+    assert hidden_leftovers(parent) == [] and hidden_leftovers(out) == []
+    assert Predictor.load(out).class_names == ("blue", "green", "red")
 
 
 def test_parity_candidates_from_a_folder_spread_over_it(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from carid import images
 from carid import preprocess as prep
 from carid.config import AugmentConfig, ModelConfig
 from carid.images import ImageError
@@ -197,6 +198,12 @@ def test_decode_scale_uses_the_exact_draft_factor() -> None:
     assert decode_scale((1000, 800), (300, 240)) == (0.3, 0.3)  # not a draft: the size ratio
 
 
+def test_decode_scale_knows_reductions_beyond_the_jpeg_draft() -> None:
+    # PNG and the other formats are reduced by powers of two past 1/8 (issue 23: a 7000 x 7000 upload)
+    assert decode_scale((7000, 7000), (438, 438)) == (1 / 16, 1 / 16)
+    assert decode_scale((7000, 4999), (219, 157)) == (1 / 32, 1 / 32)
+
+
 def _write_rectangle_jpeg(path: Path, size: tuple[int, int], rect: tuple[int, int, int, int]) -> Path:
     image = Image.new("RGB", size, (20, 30, 40))
     ImageDraw.Draw(image).rectangle([rect[0], rect[1], rect[2] - 1, rect[3] - 1], fill=(255, 255, 255))
@@ -240,6 +247,39 @@ def test_reduced_decode_network_input_matches_full_decode(tmp_path: Path) -> Non
     assert np.abs(reduced - full_network).mean() < 0.1
 
 
+def _write_rectangle_png(path: Path, size: tuple[int, int], rect: tuple[int, int, int, int]) -> Path:
+    """A PNG with alpha: a half-transparent dark background (white behind it after decoding) and an
+    opaque black rectangle covering pixels [x1, x2) x [y1, y2)."""
+    image = Image.new("RGBA", size, (20, 30, 40, 128))
+    ImageDraw.Draw(image).rectangle([rect[0], rect[1], rect[2] - 1, rect[3] - 1], fill=(0, 0, 0, 255))
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("rect", [(100, 80, 900, 700), (101, 83, 899, 703)])
+def test_reduced_png_decode_maps_boxes_exactly(tmp_path: Path, rect: tuple[int, int, int, int]) -> None:
+    path = _write_rectangle_png(tmp_path / "big.png", (1203, 905), rect)
+    spec = PreprocessSpec(image_size=(300, 300), resize_mode="letterbox")
+    reduced = prep.load_image(path, spec)
+    full = prep.load_image(path, spec, min_side=0)
+    assert full.image.size == (1203, 905) and full.original_size == (1203, 905)
+    assert reduced.image.size == (602, 453) and reduced.original_size == (1203, 905)
+    assert reduced.scale == (0.5, 0.5)
+    for decoded in (reduced, full):
+        pixels = np.asarray(decoded.image)
+        ys, xs = np.nonzero((pixels < 60).all(axis=2))
+        found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=np.float64)
+        # a block partly inside the rectangle is darker than the background: within one decoded pixel
+        np.testing.assert_allclose(found, decoded.boxes_to_decoded([rect]), atol=1.0)
+    reduced_input, reduced_geometry = preprocess(reduced.image, spec, reduced.original_size)
+    full_input, full_geometry = preprocess(full.image, spec)
+    assert reduced_geometry == full_geometry
+    difference = np.abs(
+        prep.denormalize(reduced_input, spec).astype(int) - prep.denormalize(full_input, spec)
+    )
+    assert difference.mean() < 1.0
+
+
 def test_load_image_trusts_a_consistent_known_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write_rectangle_jpeg(tmp_path / "big.jpg", (1203, 905), (100, 80, 900, 700))
     spec = PreprocessSpec(image_size=(300, 300))
@@ -247,7 +287,7 @@ def test_load_image_trusts_a_consistent_known_size(tmp_path: Path, monkeypatch: 
     def no_probe(*args: object, **kwargs: object) -> None:
         raise AssertionError("the header should not be read when the size is known")
 
-    monkeypatch.setattr(prep, "probe_image", no_probe)
+    monkeypatch.setattr(images, "probe_image", no_probe)  # the decode reads the size with the pixels
     assert prep.load_image(path, spec, original_size=(1203, 905)).original_size == (1203, 905)
 
 

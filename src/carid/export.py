@@ -16,20 +16,20 @@ a folder given with `parity_data`. Every image must get the same top-1 class (a 
 photo. When it fails, `ParityError` names the worst image and nothing is written.
 
 Then, for a run, the embedding space that `carid enroll` adds new classes in is fitted on the run's
-training photos and calibrated on its validation photos (`carid.enroll.prepare`; enrolment.npz).
+training photos and calibrated on its validation photos (`carid.enroll.prepare`; an enrolment-*.npz).
 
-The bundle is built in a temporary folder beside the destination and renamed into place only when
-the check passed (an existing bundle is replaced only with `overwrite`).
+The bundle is built in a temporary folder beside the destination and swapped into place in one step
+only when the check passed (an existing bundle is replaced only with `overwrite`), so a kill at any
+moment leaves the old bundle (or none) where it was. Each export first removes what a killed one left
+(its staging folders beside the destination, temporary files in it: `carid.files`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -52,10 +52,11 @@ from carid.artifacts.bundle import (
     BundleMetadata,
     write_metadata,
 )
+from carid.artifacts.enrolment import remove_bundle_leftovers
 from carid.artifacts.run_dir import BEST_CHECKPOINT, CHECKPOINT_DIR, EXPORT_DIR, SPLIT_FILE
 from carid.enroll.prepare import DEFAULT_SPACE_IMAGES, prepare_enrolment
 from carid.errors import CaridError
-from carid.files import move_folder_into_place
+from carid.files import make_staging_folder, move_folder_into_place, remove_stale_temporaries
 from carid.images import is_image_file
 from carid.models.network import CarNet
 from carid.preprocess import PreprocessSpec
@@ -462,6 +463,11 @@ def export_bundle(
     tell = say or log.info
     checkpoint, run_dir = resolve_checkpoint(source)
     out_dir = Path(out) if out is not None else default_bundle_dir(checkpoint, run_dir)
+    for leftover in [
+        *remove_stale_temporaries(out_dir.parent, targets=(out_dir.name,)),
+        *remove_bundle_leftovers(out_dir),
+    ]:
+        tell(leftover.describe())
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; pass --force to replace it, or --out elsewhere")
     if parity_images < 0:
@@ -485,9 +491,7 @@ def export_bundle(
     spec = base.preprocess_spec()
     sha256 = file_sha256(checkpoint)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = make_staging_folder(out_dir)
     try:
         tell(f"exporting to ONNX ({spec.height}x{spec.width} input, dynamic batch)")
         model_path = staging / MODEL_FILE

@@ -16,8 +16,10 @@ Resize modes:
                whole pixels), centred, the rest filled with `pad_value` (left/top padding gets the
                smaller half when the padding is odd).
 
-Decoding at reduced size: `load_image` asks the JPEG decoder for a 1/2, 1/4 or 1/8 scale when the
-photo is much bigger than the network input (the main CPU cost of training). Given the photo's
+Decoding at reduced size: `load_image` decodes at 1/s (s a power of two) when the photo is much
+bigger than the network input: a JPEG by the decoder itself (1/2, 1/4, 1/8; the main CPU cost of
+training), any other format by averaging s x s blocks right after decoding, before alpha, colour
+conversion or anything else makes a full-size copy (`carid.images.decode_rgb`). Given the photo's
 original size, `preprocess` places and resizes such an image exactly as it would the full-size
 decode (same Geometry, same network pixels up to decoder rounding; see `decode_scale`), so boxes
 always come back in the original photo's pixels.
@@ -35,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from carid import boxes as box_math
-from carid.images import load_rgb, probe_image
+from carid.images import REDUCE_FACTORS, decode_rgb
 
 if TYPE_CHECKING:
     from carid.config import AugmentConfig, ModelConfig
@@ -52,8 +54,6 @@ INTERPOLATIONS: dict[str, Image.Resampling] = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-# JPEG DCT scaling factors Pillow's draft mode can pick, 1 = full size (see `decode_scale`).
-_DRAFT_FACTORS = (1, 2, 4, 8)
 
 
 def _three(name: str, values: object, kind: type) -> tuple:
@@ -234,8 +234,9 @@ class Geometry:
 
 
 def _draft_factor(original_size: tuple[int, int], decoded_size: tuple[int, int]) -> int | None:
-    """s when `decoded_size` is what a 1/s JPEG draft decode of `original_size` gives (1 = same size)."""
-    for factor in _DRAFT_FACTORS:
+    """s when `decoded_size` is what a 1/s reduced decode of `original_size` gives (1 = same size):
+    a JPEG draft (s = 2, 4, 8) or a block average (`carid.images.REDUCE_FACTORS`)."""
+    for factor in REDUCE_FACTORS:
         if all(math.ceil(o / factor) == d for o, d in zip(original_size, decoded_size, strict=True)):
             return factor
     return None
@@ -245,8 +246,9 @@ def decode_scale(original_size: tuple[int, int], decoded_size: tuple[int, int]) 
     """Decoded pixels per original pixel (x, y) of an image decoded at reduced size.
 
     Pillow's JPEG draft mode decodes at 1/s (s = 2, 4, 8) giving ceil(side / s) pixels, and decoded
-    pixel i covers original pixels [i*s, (i+1)*s); so the exact scale is 1/s, not the size ratio. When
-    the sizes match no draft factor, the size ratio is used.
+    pixel i covers original pixels [i*s, (i+1)*s); so the exact scale is 1/s, not the size ratio. The
+    other formats are reduced the same way by `carid.images.decode_rgb` (s = 2^k, blocks averaged).
+    When the sizes match no such factor, the size ratio is used.
     Sizes are (width, height).
     """
     factor = _draft_factor(original_size, decoded_size)
@@ -414,24 +416,15 @@ def load_image(
     """Decode an image file for a network of `spec`, at reduced size when that is exact enough.
 
     min_side: the shortest side to keep (default `decode_min_side(spec)`; 0 or no spec = full size).
-    original_size: the file's (width, height) when already known (Sample.width/height); if it does
-    not explain the decoded size (a stale annotation, an EXIF rotation) the file header is read.
+    original_size: the file's (width, height) as the caller knows it (Sample.width/height). Not
+    needed: the decode reads the file's own size from its header, which is what `original_size` of
+    the result always is (so a stale annotation or an EXIF rotation cannot mislead it).
     Raises `carid.images.ImageError` naming the file.
     """
     if min_side is None and spec is not None:
         min_side = decode_min_side(spec)
     label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
-    image = load_rgb(source, name=label, min_side=min_side or None)
-    size: tuple[int, int] | None = None
-    if original_size is not None:
-        claimed = (int(original_size[0]), int(original_size[1]))
-        size = claimed if _draft_factor(claimed, image.size) is not None else None
-    if size is None:
-        if min_side or original_size is not None:  # the decode may be reduced, or the given size is stale
-            info = probe_image(source, name=label, decode=False)
-            size = (info.width, info.height)
-        else:
-            size = image.size
+    image, size = decode_rgb(source, name=label, min_side=min_side or None)
     return DecodedImage(image=image, original_size=size)
 
 

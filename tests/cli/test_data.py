@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from carid.cli import app
 from tests.conftest import shared_dataset, write_image
+from tests.data.bad_entries import UNDECODABLE_SHOWN, deny_listing, fifo, symlink_loop, undecodable_file
 
 runner = CliRunner()
 
@@ -110,3 +112,93 @@ def test_report_on_every_shared_dataset_names_its_defects(
     html = (tmp_path / "rep" / "report.html").read_text()
     for text in SHARED_DEFECTS[name]:
         assert text in html, f"{name}: {text!r} missing from the report"
+
+
+# --- bad entries and hostile names (issue 23) ---------------------------------------------------
+
+
+def _problems_by_kind(report: dict) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for problem in report["problems"]:
+        found.setdefault(problem["kind"], []).append(problem)
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_check_reports_each_bad_entry_by_name_and_checks_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_folder_dataset(tmp_path / "cars")
+    symlink_loop(data / "train" / "suv")
+    write_image(data / "train" / "sedan" / "locked" / "x.jpg")
+    deny_listing(monkeypatch, data / "train" / "sedan" / "locked")
+    fifo(data / "train" / "suv" / "x.jpg")
+    odd = undecodable_file(data / "train" / "suv", (data / "train" / "suv" / "0.jpg").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["data", "check", str(data), "--json", "report.json", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    kinds = _problems_by_kind(report)
+    assert sorted(p["source"] for p in kinds["symlink_loop"]) == ["train/suv/loop", "train/suv/up"]
+    assert [p["source"] for p in kinds["unreadable_folder"]] == ["train/sedan/locked"]
+    assert [p["source"] for p in kinds["not_a_regular_file"]] == ["train/suv/x.jpg"]
+    assert report["summary"]["samples"] == 26, "12 + 12 photos, broken.jpg and the oddly named copy"
+    named = [p for p in kinds["undecodable_name"] if p["path"]]
+    assert (
+        len(named) == 1 and UNDECODABLE_SHOWN in named[0]["path"] and UNDECODABLE_SHOWN in named[0]["message"]
+    )
+    shown = [image["path"] for image in report["images"] if UNDECODABLE_SHOWN in image["path"]]
+    assert shown == [str(odd.parent / UNDECODABLE_SHOWN)]
+    assert "\udcff" not in (tmp_path / "report.json").read_text(encoding="utf-8")
+    for name in ("symlink_loop", "unreadable_folder", "not_a_regular_file", "undecodable_name"):
+        assert name in result.output
+
+
+def test_report_and_split_complete_with_an_undecodable_file_name(tmp_path: Path, monkeypatch) -> None:
+    data = make_folder_dataset(tmp_path / "cars")
+    odd = undecodable_file(data / "train" / "suv", (data / "train" / "suv" / "0.jpg").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    report = runner.invoke(app, ["data", "report", str(data), "--out", "rep", "--workers", "1"])
+    assert report.exit_code == 0, report.output
+    assert UNDECODABLE_SHOWN in (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+    split = runner.invoke(app, ["data", "split", str(data), "--out", "split.csv"])
+    assert split.exit_code == 0, split.output
+    from carid.data.split import load_split
+
+    table = load_split(tmp_path / "split.csv")
+    assert odd in [sample.path for sample in table], "the split names the very file, bytes and all"
+
+
+def test_markup_in_class_names_and_file_names_is_shown_literally(tmp_path: Path, monkeypatch) -> None:
+    data = make_folder_dataset(tmp_path / "cars")
+    for index in range(2):  # a folder name cannot hold "/", so the tag is left open
+        write_image(data / "train" / "[bold red]BIG" / f"[link=http://x]{index}.jpg", seed=index)
+    write_image(data / "train" / "esc\x1b[31mred\nline" / "0.jpg", seed=7)
+    monkeypatch.chdir(tmp_path)
+    console = importlib.import_module("carid.cli.app").console
+    monkeypatch.setattr(console, "_width", 300)  # the width is fixed when the module is imported
+    result = runner.invoke(app, ["data", "check", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "class '[bold red]BIG'" in result.output
+    assert "\x1b[31m" not in result.output and "esc\\x1b[31mred\\nline" in result.output
+    # a label may hold "/" (a folder name cannot): the whole tag, from a box CSV's label column
+    write_image(tmp_path / "frames" / "images" / "a.jpg")
+    write_image(tmp_path / "frames" / "images" / "b.jpg", seed=3)
+    (tmp_path / "frames" / "boxes.csv").write_text(
+        "image_id,xmin,ymin,xmax,ymax,label\n"
+        "a.jpg,1,2,30,40,[bold red]BIG[/bold red]\n"
+        "b.jpg,1,2,30,40,sedan\n",
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "frames")])
+    assert result.exit_code == 0, result.output
+    assert "class '[bold red]BIG[/bold red]'" in result.output
+
+
+def test_a_box_csv_missing_a_column_says_which(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "frames" / "images" / "a.jpg")
+    (tmp_path / "frames" / "boxes.csv").write_text("image_id,xmin,ymin,xmax\na.jpg,1,2,3\n", encoding="utf-8")
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "frames")])
+    assert result.exit_code == 2, result.output
+    assert "boxes.csv lacks ymax" in result.output

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from carid.data import hashing
+from carid.data.hashing import ProbeFailure, fingerprint_file
+from tests.data.bad_entries import fifo
 
 
 def test_close_pairs_matches_a_python_reference():
@@ -36,3 +41,11 @@ def test_popcount_fallback_agrees_with_numpy(monkeypatch):
     fast = hashing.popcount64(values)
     monkeypatch.delattr(np, "bitwise_count", raising=False)
     np.testing.assert_array_equal(hashing.popcount64(values), fast)
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
+    pipe = fifo(tmp_path / "x.jpg")  # reading it would wait for a writer forever
+    outcome = fingerprint_file(pipe)
+    assert isinstance(outcome, ProbeFailure) and outcome.kind == "not_a_regular_file"
+    assert "FIFO" in outcome.reason

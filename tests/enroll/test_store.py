@@ -3,8 +3,10 @@ tests/test_export.py), through the Predictor, the CLI and the REST API."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +16,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from carid.artifacts.bundle import Bundle, BundleMetadata, write_metadata
-from carid.artifacts.enrolment import ENROLMENT_FILE, EnrolError, load_enrolment, require_enrolment
+from carid.artifacts.enrolment import (
+    ENROLMENT_FILE_PATTERN,
+    EnrolError,
+    enrolment_file,
+    load_enrolment,
+    require_enrolment,
+)
 from carid.cli import app
 from carid.enroll.store import enroll, listing, remove
 from carid.runtime.backends import PredictorError
@@ -25,6 +33,7 @@ from carid.serve.api import ServeSettings, build_app
 from carid.taxonomy import Taxonomy
 from tests.conftest import write_image
 from tests.test_export import tiny_bundle_dir
+from tests.test_files import hidden_leftovers, run_killed
 
 NEW = "Hyundai Creta 2021"
 
@@ -44,7 +53,9 @@ def photos(folder: Path, count: int, seed: int = 100) -> list[Path]:
 def test_export_fits_the_enrolment_space(bundle: Path) -> None:
     loaded = Bundle.load(bundle)
     enrolment = require_enrolment(loaded)
-    assert (bundle / ENROLMENT_FILE).is_file() and enrolment.classes == ()
+    arrays = enrolment_file(loaded)
+    assert arrays is not None and arrays.is_file() and enrolment.classes == ()
+    assert ENROLMENT_FILE_PATTERN.match(arrays.name) and arrays.name != "enrolment.npz"
     assert enrolment.space.dim == loaded.metadata.embedding_dim
     info = loaded.metadata.enrolment
     assert info is not None and info["space"]["calibrated_on"] in ("val", "train")
@@ -145,15 +156,15 @@ def test_a_bundle_without_a_space_says_to_re_export(bundle: Path, tmp_path: Path
 
 def test_a_broken_enrolment_file_is_named(bundle: Path, tmp_path: Path) -> None:
     enroll(bundle, NEW, photos(tmp_path, 1))
-    (bundle / ENROLMENT_FILE).unlink()
-    with pytest.raises(PredictorError, match=f"{ENROLMENT_FILE}: missing"):
+    arrays = enrolment_file(Bundle.load(bundle))
+    assert arrays is not None
+    arrays.unlink()
+    with pytest.raises(PredictorError, match=f"{arrays.name}: missing"):
         Predictor.load(bundle)
     metadata = json.loads((bundle / "model.json").read_text())
     metadata["enrolment"]["classes"].append({"label": "extra"})
     (bundle / "model.json").write_text(json.dumps(metadata))
-    np.savez(
-        bundle / ENROLMENT_FILE, mean=np.zeros(2), projection=np.eye(2), sums=np.zeros((1, 2)), counts=[1]
-    )
+    np.savez(arrays, mean=np.zeros(2), projection=np.eye(2), sums=np.zeros((1, 2)), counts=[1])
     with pytest.raises(EnrolError, match=r"2 classes in model\.json but 1 prototypes"):
         load_enrolment(Bundle.load(bundle))
 
@@ -201,3 +212,59 @@ def test_serve_answers_with_enrolled_classes(bundle: Path, tmp_path: Path) -> No
     with photo.open("rb") as stream:
         answer = client.post("/predict", files={"file": ("car.png", stream, "image/png")}).json()
     assert NEW in [score["label"] for score in answer["top_k"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action", ["add", "remove"])
+def test_a_kill_at_any_point_of_enroll_leaves_the_old_or_the_new_classes(
+    bundle: Path, tmp_path: Path, action: str
+) -> None:
+    """`carid enroll` killed (SIGKILL) before each of its file operations in turn: the bundle still
+    loads and answers with the old or the new classes, `--list` works, and the next run succeeds and
+    removes what the killed one left."""
+    tesla = "Tesla Cybertruck Pickup 2024"
+    tesla_photo = photos(tmp_path / "tesla", 1, seed=7)[0]
+    enroll(bundle, tesla, [tesla_photo])
+    photos(tmp_path / "creta", 2)
+    if action == "add":
+        arguments, old, new = ["--label", NEW, str(tmp_path / "creta")], (tesla,), (tesla, NEW)
+    else:
+        enroll(bundle, NEW, photos(tmp_path / "creta-first", 1, seed=40))
+        arguments, old, new = ["--remove", NEW], (tesla, NEW), (tesla,)
+    start = tmp_path / "start"
+    shutil.copytree(bundle, start)
+    probe = photos(tmp_path / "probe", 1, seed=50)[0]
+    runner = CliRunner()
+    operations: list[str] = []  # what each killed run was killed before
+    for point in itertools.count(1):
+        shutil.rmtree(bundle)
+        shutil.copytree(start, bundle)
+        killed = run_killed(["enroll", str(bundle), *arguments], point, watch=bundle)
+        if killed.returncode == 0:
+            break
+        assert killed.returncode == -signal.SIGKILL, f"point {point}: {killed.stderr}"
+        operations.append(killed.stderr.strip().splitlines()[-1])
+        where = f"point {point}, {operations[-1]}"
+        predictor = Predictor.load(bundle)
+        enrolled = predictor.class_names[predictor.trained_classes :]
+        assert enrolled in (old, new), f"{where}: {enrolled}"
+        assert predictor.predict([probe])[0].top_k, where
+        listed = runner.invoke(app, ["enroll", str(bundle), "--list"])
+        assert listed.exit_code == 0 and "Tesla" in listed.output, f"{where}: {listed.output}"
+        again = arguments if enrolled == old else ["--label", tesla, str(tesla_photo)]
+        rerun = runner.invoke(app, ["enroll", str(bundle), *again])
+        assert rerun.exit_code == 0, f"{where}: {rerun.output}"
+        assert Predictor.load(bundle).class_names[3:] == new
+        referenced = json.loads((bundle / "model.json").read_text())["enrolment"]["file"]
+        assert sorted(p.name for p in bundle.iterdir()) == sorted(["model.json", "model.onnx", referenced])
+        assert hidden_leftovers(bundle) == [], where
+    assert any("replace" in item and "model.json" in item for item in operations), operations
+    assert any("unlink" in item for item in operations), operations
+
+
+def test_a_new_label_with_control_characters_is_refused_by_name() -> None:
+    from carid.enroll.store import clean_label
+
+    with pytest.raises(EnrolError, match=r"control characters \(U\+001B\)"):
+        clean_label("Red\x1b[31m\nCar", trained=())
+    assert clean_label("  Hyundai   Creta 2021 ", trained=()) == "Hyundai Creta 2021"

@@ -139,3 +139,15 @@ def test_a_narrow_terminal_gets_the_main_columns_only(two_runs: tuple[Path, Path
     assert wide == result.columns()
     assert "params" in wide and "params" not in narrow
     assert narrow[0] == "run" and "best val/acc" in narrow
+
+
+def test_run_names_in_the_terminal_table_are_text_not_markup(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    run = tmp_path / "[bold red]BIG"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  backbone: resnet18\n")
+    (run / "metrics.csv").write_text("epoch,step,val/acc\n0,3,0.25\n")
+    console = Console(record=True, width=300, color_system=None)
+    console.print(compare_runs([run], metric="val/acc").rich_table())
+    assert "[bold red]BIG" in console.export_text()

@@ -25,6 +25,7 @@ from PIL import Image
 from carid.artifacts.bundle import METADATA_FILE, BundleMetadata, update_calibration
 from carid.preprocess import PreprocessSpec, load_and_preprocess
 from carid.runtime.backends import PredictorError
+from carid.runtime.inputs import MAX_ASPECT_RATIO, MIN_SIDE
 from carid.runtime.predictor import Predictor
 from carid.runtime.results import UNKNOWN_LABEL, LevelScore, Prediction
 from carid.taxonomy import Taxonomy
@@ -167,6 +168,57 @@ def test_temperature_and_unknown_threshold(tmp_path: Path) -> None:
     assert not known.unknown and known.label == CAR_CLASSES[0]
 
 
+def test_an_unknown_answer_says_why(tmp_path: Path) -> None:
+    logits = [2.0, 1.0, 0.0, -1.0]
+    photo = write_image(tmp_path / "a.png", seed=3)
+    threshold = float(softmax(logits).max()) + 0.01
+    (below,) = stub_predictor(logits=logits, unknown_threshold=threshold)[0].predict(photo)
+    assert below.unknown and below.reason is not None and "threshold" in below.reason
+    (known,) = stub_predictor(logits=logits)[0].predict(photo)
+    assert not known.unknown and known.reason is None and known.to_dict()["reason"] is None
+
+
+# --- shapes the preprocessing cannot show the network faithfully (issue 23, defect 7) ---------------
+
+
+def test_slivers_are_answered_unknown_with_the_reason(tmp_path: Path) -> None:
+    predictor, _ = stub_predictor(logits=[9.0, 0.0, 0.0, 0.0])  # a model sure of the first class
+    photo = write_image(tmp_path / "car.png", seed=1)
+    wide = write_image(tmp_path / "wide.png", size=(10000, 10))
+    tall = write_image(tmp_path / "tall.png", size=(10, 10000))
+    normal, *slivers = predictor.predict([photo, wide, tall])
+    assert not normal.unknown and normal.label == CAR_CLASSES[0] and normal.reason is None
+    for result, size in zip(slivers, ((10000, 10), (10, 10000)), strict=True):
+        assert result.ok and result.unknown and result.label == UNKNOWN_LABEL
+        assert result.reason is not None and "1000:1" in result.reason and "aspect ratio" in result.reason
+        # the best guess is kept, as for any unknown answer
+        assert result.top1 is not None and result.top1.label == CAR_CLASSES[0] and result.probability > 0.99
+        assert result.image_size == size and result.box is not None
+        data = json.loads(json.dumps(result.to_dict()))
+        assert data["unknown"] is True and data["label"] == UNKNOWN_LABEL and data["reason"] == result.reason
+
+
+@pytest.mark.parametrize(
+    ("size", "refused"),
+    [
+        ((int(MIN_SIDE * MAX_ASPECT_RATIO), MIN_SIDE), None),
+        ((MIN_SIDE, int(MIN_SIDE * MAX_ASPECT_RATIO)), None),
+        ((int(MIN_SIDE * MAX_ASPECT_RATIO) + 1, MIN_SIDE), "aspect ratio"),
+        ((MIN_SIDE, int(MIN_SIDE * MAX_ASPECT_RATIO) + 1), "aspect ratio"),
+        ((MIN_SIDE + 8, MIN_SIDE - 1), f"{MIN_SIDE - 1} px"),
+    ],
+)
+def test_the_shape_limits(size: tuple[int, int], refused: str | None) -> None:
+    predictor, _ = stub_predictor(logits=[9.0, 0.0, 0.0, 0.0])
+    (result,) = predictor.predict(Image.new("RGB", size, (90, 90, 90)))
+    assert result.ok and result.image_size == size
+    if refused is None:
+        assert not result.unknown and result.reason is None and result.label == CAR_CLASSES[0]
+    else:
+        assert result.unknown and result.label == UNKNOWN_LABEL
+        assert result.reason is not None and refused in result.reason
+
+
 def test_taxonomy_roll_up_gives_make_body_type_and_year(tmp_path: Path) -> None:
     # the best single class is the BMW M3, but the two Audis together make Audi the likelier make
     logits = [1.2, 1.2, 0.0, 1.5]
@@ -272,7 +324,7 @@ def test_timing_batches_and_results_as_dicts(tmp_path: Path) -> None:
     data = json.loads(json.dumps(first.to_dict()))
     assert set(data) == {
         "source", "ok", "error", "label", "probability", "unknown", "top_k", "make", "body_type", "year",
-        "box", "image_size", "timing",
+        "box", "image_size", "timing", "reason",
     }  # fmt: skip
     assert set(data["timing"]) == {"decode_ms", "preprocess_ms", "inference_ms", "total_ms"}
     with pytest.raises(ValueError, match="top_k"):
@@ -460,6 +512,25 @@ def test_bundle_predicts_with_torch_blocked(trained: tuple[Path, Path, list[Path
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+@pytest.mark.slow
+def test_the_real_model_answers_slivers_unknown(
+    trained: tuple[Path, Path, list[Path]], tmp_path: Path
+) -> None:
+    _, bundle, photos = trained
+    predictor = Predictor.load(bundle)
+    wide = write_image(tmp_path / "wide.png", size=(10000, 10), color=(220, 20, 20))
+    tall = write_image(tmp_path / "tall.png", size=(10, 10000), color=(220, 20, 20))
+    alone = predictor.predict(photos[:2], top_k=3)
+    first, *slivers, second = predictor.predict([photos[0], wide, tall, photos[1]], top_k=3)
+    for before, after in zip(alone, (first, second), strict=True):  # normal photos: unchanged
+        assert after.reason is None and after.label == before.label and after.unknown == before.unknown
+        np.testing.assert_allclose(_probabilities(after, 3), _probabilities(before, 3), atol=1e-6)
+    for result in slivers:
+        assert result.ok and result.unknown and result.label == UNKNOWN_LABEL
+        assert result.reason is not None and "aspect ratio" in result.reason
+        assert len(result.top_k) == 3 and result.probability == result.top_k[0].probability
 
 
 def test_pil_image_is_not_modified(tmp_path: Path) -> None:

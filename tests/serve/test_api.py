@@ -1,4 +1,5 @@
-"""Tests for carid.serve.api and carid.serve.limits: the REST API, its limits and its errors.
+"""Tests for carid.serve.api: the REST API, its limits and its errors (the checks of
+carid.serve.limits on their own: tests/serve/test_limits.py).
 
 Most tests serve the stub predictor of tests/test_inference.py (outputs the test chooses, no model
 file), so each expected answer is the predictor's own answer on the same bytes. The tests marked
@@ -14,7 +15,6 @@ import io
 import json
 import logging
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -32,25 +32,12 @@ from PIL import Image, ImageFile
 
 from carid.runtime.predictor import Predictor
 from carid.serve import api as serve_api
-from carid.serve.api import (
-    ENV_MODEL,
-    InferenceGate,
-    ServeError,
-    ServeSettings,
-    app_from_environment,
-    build_app,
-    check_port,
-    create_app,
-)
+from carid.serve.api import InferenceGate, build_app, create_app
 from carid.serve.limits import (
     MULTIPART_OVERHEAD_BYTES,
     ApiError,
-    BodyLimitMiddleware,
-    UploadError,
-    UploadLimits,
-    check_upload,
-    upload_name,
 )
+from carid.serve.settings import ServeSettings
 from tests.conftest import write_image
 from tests.runtime.test_predictor import CAR_CLASSES, StubBackend, stub_predictor
 
@@ -272,65 +259,6 @@ def test_oversized_upload(stub: tuple[Predictor, StubBackend], tmp_path: Path) -
     assert_error(response, 413, "file_too_large")
     assert stub[1].batches == []
     assert client.post("/predict", files={"file": noise[:100]}).status_code != 413
-
-
-def test_body_limit_stops_reading_at_the_limit() -> None:
-    """The middleware refuses a chunked body as soon as it passes the limit, without reading the rest."""
-    chunk = b"x" * 10_000
-    consumed = 0
-    limit = 30_000
-
-    async def receive() -> dict[str, Any]:
-        nonlocal consumed
-        consumed += 1
-        return {"type": "http.request", "body": chunk, "more_body": consumed < 100}
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        while (await receive()).get("more_body"):
-            pass
-
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    middleware = BodyLimitMiddleware(app, file_limit_bytes=limit)
-    scope = {"type": "http", "path": "/predict", "headers": []}
-    with pytest.raises(Exception) as caught:
-        asyncio.run(middleware(scope, receive, send))
-    assert getattr(caught.value, "status_code", None) == 413
-    assert consumed == (limit + MULTIPART_OVERHEAD_BYTES) // len(chunk) + 1
-
-    declared = {"type": "http", "path": "/predict", "headers": [(b"content-length", b"999999999")]}
-    consumed = 0
-    asyncio.run(middleware(declared, receive, send))
-    assert consumed == 0 and sent[0]["status"] == 413
-    assert json.loads(sent[1]["body"])["error"]["code"] == "file_too_large"
-
-
-@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "WEBP", "PNG", "JPEG"])
-def test_check_upload_accepts_the_image_formats(fmt: str) -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (12, 7), (200, 10, 10)).save(buffer, format=fmt)
-    info = check_upload(buffer.getvalue(), "x", UploadLimits())
-    assert (info.format, info.width, info.height) == (fmt, 12, 7)
-    assert info.media_type.startswith("image/")
-
-
-def test_check_upload_refuses_formats_pillow_reads_but_the_server_does_not() -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(buffer, format="ICO")
-    with pytest.raises(UploadError) as caught:
-        check_upload(buffer.getvalue(), "icon.ico", UploadLimits())
-    assert caught.value.status == 415 and "icon.ico" in caught.value.message
-
-
-def test_upload_names_are_only_for_display() -> None:
-    assert upload_name("../../etc/passwd") == "passwd"
-    assert upload_name("C:\\photos\\car.jpg") == "car.jpg"
-    assert upload_name("a\x00b\nc.jpg") == "abc.jpg"
-    assert upload_name(None) == upload_name("") == upload_name("/") == "upload"
-    assert len(upload_name("x" * 500)) == 100
 
 
 # --- errors that are the server's ---------------------------------------------------------------------
@@ -563,38 +491,6 @@ def test_explain_with_the_torch_backend(tmp_path: Path) -> None:
     assert explanation["target_label"] == answer["top_k"][0]["label"]
     overlay = Image.open(io.BytesIO(base64.b64decode(explanation["png_base64"])))
     assert overlay.format == "PNG" and overlay.size == (explanation["width"], explanation["height"])
-
-
-# --- settings, startup --------------------------------------------------------------------------------
-
-
-def test_settings_are_checked() -> None:
-    with pytest.raises(ServeError, match=r"port must be in 0\.\.65535"):
-        ServeSettings(port=70000)
-    with pytest.raises(ServeError, match=r"max_upload_mb must be > 0.*backend must be one of"):
-        ServeSettings(max_upload_mb=0, backend="tensorflow")
-    with pytest.raises(ServeError, match="tta must be one of none, hflip, got 'vflip'"):
-        ServeSettings(tta="vflip")
-    with pytest.raises(ServeError, match="unknown key"):
-        ServeSettings.from_dict({"model": "/elsewhere"})
-    settings = ServeSettings(max_upload_mb=2.5, workers=2)
-    assert ServeSettings.from_dict(settings.to_dict()) == settings
-    assert settings.limits().max_upload_bytes == int(2.5 * 1024 * 1024)
-
-
-def test_app_from_environment_needs_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_MODEL, raising=False)
-    with pytest.raises(ServeError, match=ENV_MODEL):
-        app_from_environment()
-
-
-def test_a_port_in_use_is_reported() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        with pytest.raises(ServeError, match=f"127.0.0.1:{port}.*choose another --port"):
-            check_port("127.0.0.1", port)
 
 
 # --- the real tiny bundle -------------------------------------------------------------------------------

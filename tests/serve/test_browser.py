@@ -4,18 +4,18 @@ A uvicorn server runs the tiny bundle of tests/test_export.py in a thread on a f
 The page gets a real car photo (the shared Stanford photo when present, else a made-up JPEG) via
 its file input and via drag and drop; the tests check that the label it shows is the API's answer
 and that the box element sits on the API's box scaled to the displayed image (within 2 px), at
-two window widths. Skipped with a reason when /usr/bin/chromium or playwright is missing (install
-with `pip install playwright`; no `playwright install` needed, the system Chromium is used).
+two window widths; a server with an API key makes the page ask for it. Skipped with a reason when
+/usr/bin/chromium or playwright is missing (install with `pip install playwright`; no
+`playwright install` needed, the system Chromium is used).
 """
 
 from __future__ import annotations
 
 import base64
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ import pytest
 from PIL import Image
 
 from carid.config import shared_datasets_dir
-from carid.serve.api import ServeSettings, create_app
+from carid.serve.api import create_app
+from carid.serve.settings import ServeSettings
+from tests.serve.live import live_server
 from tests.serve.test_api import tiny_bundle  # noqa: F401  (the module-scoped fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -54,26 +56,10 @@ sync_api = pytest.importorskip(
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle: Path) -> Iterator[str]:  # noqa: F811
-    """The app on a free 127.0.0.1 port (uvicorn in a thread; the socket is bound first, so no race)."""
-    import uvicorn
-
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_bundle, ServeSettings()), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        listener.close()
+    """The app on a free 127.0.0.1 port (uvicorn in a thread, as `carid serve` runs it)."""
+    settings = ServeSettings()
+    with live_server(create_app(tiny_bundle, settings), settings) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +74,9 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def page(server: str) -> Iterator[Any]:
-    """A fresh page of the app; fails the test on a script error or a request to another origin."""
+@contextmanager
+def open_page(server: str) -> Iterator[Any]:
+    """A fresh page of the app at `server`; fails on a script error or a request to another origin."""
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -107,12 +93,18 @@ def page(server: str) -> Iterator[Any]:
                 ),
             )
             page.goto(f"{server}/")  # the page's content security policy stays on (no bypass_csp)
-            sync_api.expect(page.locator("#model-summary")).to_have_text(re.compile(r"^Model: "))
             yield page
             assert script_errors == [], script_errors
             assert foreign == [], f"the page fetched from elsewhere: {foreign}"
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(server: str) -> Iterator[Any]:
+    with open_page(server) as page:
+        sync_api.expect(page.locator("#model-summary")).to_have_text(re.compile(r"^Model: "))
+        yield page
 
 
 def api_answer(server: str, photo: Path) -> dict[str, Any]:
@@ -197,3 +189,30 @@ def test_dropped_photo_and_refused_file(server: str, page: Any, photo: Path) -> 
     message = page.text_content("#error")
     assert "notes.txt" in message and "not a JPEG" in message
     assert page.is_hidden("#result")
+
+
+def test_a_server_with_an_api_key_asks_for_it(
+    tiny_bundle: Path,  # noqa: F811
+    photo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a key the page asks for it, says when it is wrong, and sends it once typed."""
+    key = "browser-test-key-0123456789"
+    monkeypatch.setenv("CARID_BROWSER_TEST_KEY", key)
+    settings = ServeSettings(api_key_env="CARID_BROWSER_TEST_KEY", warmup=False)
+    with live_server(create_app(tiny_bundle, settings), settings) as url, open_page(url) as page:
+        sync_api.expect(page.locator("#key-form")).to_be_visible()
+        sync_api.expect(page.locator("#model-summary")).to_have_text("This server needs an API key.")
+        page.fill("#key-input", "not-the-key")
+        page.click("#key-form button")
+        sync_api.expect(page.locator("#key-error")).to_have_text(re.compile("did not accept"))
+        page.fill("#key-input", key)
+        page.click("#key-form button")
+        sync_api.expect(page.locator("#model-summary")).to_have_text(re.compile(r"^Model: "))
+        assert page.is_hidden("#key-form")
+        page.set_input_files("#file-input", str(photo))
+        wait_for_answer(page)
+        answer = httpx.post(
+            f"{url}/predict", files={"file": (photo.name, photo.read_bytes())}, headers={"X-API-Key": key}
+        ).json()
+        assert page.get_attribute("#label", "data-label") == answer["label"]

@@ -50,7 +50,7 @@ from typing import Any
 
 from carid import __version__
 from carid.errors import CaridError
-from carid.files import write_json
+from carid.files import folder_lock, write_json
 from carid.preprocess import PreprocessSpec
 from carid.taxonomy import LEVELS, Taxonomy
 
@@ -358,10 +358,11 @@ class Bundle:
         return bundle
 
 
-def write_metadata(folder: Path | str, metadata: BundleMetadata) -> Path:
-    """Write `folder/model.json` atomically (temporary file, then rename); returns its path."""
+def write_metadata(folder: Path | str, metadata: BundleMetadata, fsync: bool = False) -> Path:
+    """Write `folder/model.json` atomically (temporary file, then rename); returns its path.
+    fsync: flush it to the disk before the rename (when another file must not outlive it)."""
     path = Path(folder) / METADATA_FILE
-    write_json(path, metadata.to_dict())
+    write_json(path, metadata.to_dict(), fsync=fsync)
     return path
 
 
@@ -394,15 +395,18 @@ def update_calibration(
 
     temperature: None keeps the current one. unknown_threshold: ... (the default) keeps the current
     one, None removes it (never answer "unknown"). The new values are validated like the rest of
-    model.json before the file is replaced.
+    model.json before the file is replaced. Holds the bundle folder's lock, as `carid enroll` does,
+    so neither undoes the other's change.
     """
-    bundle = Bundle.load(path)
     changes: dict[str, Any] = {}
     if temperature is not None:
         changes["temperature"] = float(temperature)
     if unknown_threshold is not ...:
         changes["unknown_threshold"] = None if unknown_threshold is None else float(unknown_threshold)
-    metadata = replace(bundle.metadata, **changes)
-    metadata = BundleMetadata.from_dict(metadata.to_dict(), source=f"{bundle.metadata_path} (update)")
-    write_metadata(bundle.path, metadata)
+    bundle = Bundle.load(path)
+    with folder_lock(bundle.path):
+        bundle = Bundle.load(bundle.path)
+        metadata = replace(bundle.metadata, **changes)
+        metadata = BundleMetadata.from_dict(metadata.to_dict(), source=f"{bundle.metadata_path} (update)")
+        write_metadata(bundle.path, metadata)
     return Bundle(bundle.path, metadata)

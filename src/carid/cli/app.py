@@ -3,40 +3,55 @@
 Holds the root app and the `data` group, the two consoles, the option types more than one verb
 group uses (`out_option` gives `--out` the help text of each command), the one error handler (a
 `CaridError` raised by any command prints "error: MESSAGE", then "hint: HINT" when there is one, and
-exits 2), `say` (print a line as it is) and `given` / `overrides_with`, which keep only the options
-the user gave. The commands themselves live in the verb modules next to this one and are
+exits 2), `say` (print a line as it is), `shown` (a name or message from outside, made safe to
+put in a rich markup string) and `given` / `overrides_with`, which keep only the options the user
+gave. The commands themselves live in the verb modules next to this one and are
 registered, in help order, by `carid.cli`.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
 from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperGroup
 
 from carid import __version__
+from carid.data.text import console_text, terminal_text
 from carid.errors import CaridError
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+def shown(text: object) -> str:
+    """A name, label, path or message from outside as text inside rich markup: markup escaped,
+    control characters (ESC, newline, ...) and a file name's non-UTF-8 bytes shown as \\x1b, \\n,
+    \\xff (`carid.data.text.console_text`)."""
+    return console_text(text)
+
+
 def print_error(message: str, hint: str | None = None) -> None:
-    """Print "error: MESSAGE" (and "hint: HINT" on its own line) to stderr, markup-safe."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print "error: MESSAGE" (and "hint: HINT" on its own line) to stderr, markup-safe; newlines
+    are kept, other control characters shown escaped."""
+    err_console.print(f"[bold red]error:[/] {console_text(message, True)}", highlight=False, soft_wrap=True)
     if hint:
-        err_console.print(f"[bold]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold]hint:[/] {console_text(hint, True)}", highlight=False, soft_wrap=True)
 
 
 class CaridGroup(TyperGroup):
-    """The root command group: the one place a `CaridError` from any command becomes exit code 2."""
+    """The root command group: the one place a `CaridError` from any command becomes exit code 2.
+
+    Pillow's warnings about odd files ("Tag data larger than file", "truncated EXIF", ...) are not
+    shown: a damaged file is reported in its row or problem, and one hostile TIFF can raise
+    thousands of them."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        warnings.filterwarnings("ignore", module="PIL")
         try:
             return super().invoke(ctx)
         except CaridError as exc:
@@ -102,8 +117,9 @@ OutOption = Annotated[Path | None, out_option("Output folder.")]
 
 
 def say(line: str) -> None:
-    """Print one line as it is: no rich markup, no highlighting (paths and labels may hold brackets)."""
-    console.print(line, markup=False, highlight=False)
+    """Print one line as it is: no rich markup, no highlighting (paths and labels may hold brackets);
+    control characters other than newlines shown escaped (labels may hold ESC)."""
+    console.print(terminal_text(line, multiline=True), markup=False, highlight=False)
 
 
 def given(**options: Any) -> dict[str, Any]:

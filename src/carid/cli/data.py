@@ -21,6 +21,8 @@ from carid.cli.app import (
     given,
     out_option,
     overrides_with,
+    say,
+    shown,
 )
 from carid.errors import CaridError
 
@@ -62,7 +64,7 @@ def data_formats() -> None:
 
     table = Table("format", "layout")
     for name, description in available_formats().items():
-        table.add_row(name, description)
+        table.add_row(shown(name), shown(description))
     console.print(table)
 
 
@@ -85,9 +87,9 @@ def data_check(
     report.print_summary(console)
     if json_out is not None:
         report.write_json(json_out)
-        console.print(f"JSON report: {json_out}")
+        say(f"JSON report: {json_out}")
     else:
-        console.print(f"JSON report: {inspection.paths['checks']}")
+        say(f"JSON report: {inspection.paths['checks']}")
     raise typer.Exit(report.exit_code(strict))
 
 
@@ -125,7 +127,7 @@ def data_split(
         save_split(inspection.report.usable(), inspection.splits, out)
         split_path = out
     _print_split(inspection)
-    console.print(f"split: {split_path}")
+    say(f"split: {split_path}")
 
 
 def _print_split(inspection) -> None:
@@ -150,7 +152,7 @@ def data_report(
     config, data_path = _load(config_path, overrides_with(overrides, {"check.workers": workers}), path, fmt)
     out_dir = out or _default_out(data_path, "report")
     html = _report(data_path, config, out_dir)
-    console.print(f"report: {html}")
+    say(f"report: {html}")
 
 
 def _report(data_path: Path, config, out_dir: Path) -> Path:
@@ -179,12 +181,15 @@ def data_taxonomy(
     taxonomy = Taxonomy.from_class_names(classes)
     table = Table("class", "make", "model", "body type", "year")
     for entry in taxonomy.entries:
-        table.add_row(entry.name, entry.make, entry.model, entry.body_type, str(entry.year or ""))
+        cells = (entry.name, entry.make, entry.model, entry.body_type, str(entry.year or ""))
+        table.add_row(*(shown(cell) for cell in cells))
     console.print(table)
     summary = taxonomy.summary()
-    console.print(f"body types: {summary.body_type_counts}")
+    say(f"body types: {summary.body_type_counts}")
     if taxonomy.unparsed:
-        console.print(f"[yellow]not parsed ({len(taxonomy.unparsed)}):[/] {', '.join(taxonomy.unparsed)}")
+        console.print(
+            f"[yellow]not parsed ({len(taxonomy.unparsed)}):[/] {shown(', '.join(taxonomy.unparsed))}"
+        )
 
 
 @data_app.command("collect")
@@ -238,7 +243,7 @@ def data_collect(
 
         table = Table("source", "description")
         for name, description in available_sources().items():
-            table.add_row(name, description)
+            table.add_row(shown(name), shown(description))
         console.print(table)
         raise typer.Exit()
     if not inputs or out is None:
@@ -307,11 +312,10 @@ def data_compose(
     except (ValueError, OSError) as exc:  # a bad setting, a missing or existing folder: reported as is
         raise CaridError(str(exc)) from exc
     for problem in report.problems:
-        err_console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
-    console.print(
+        err_console.print(f"[yellow]warning:[/] {shown(problem)}", highlight=False, soft_wrap=True)
+    say(
         f"compose: {report.written} images from {report.objects} crops on {report.backgrounds} backgrounds "
-        f"({len(table) - len(samples)} crops excluded): {out / 'boxes.csv'}",
-        highlight=False,
+        f"({len(table) - len(samples)} crops excluded): {out / 'boxes.csv'}"
     )
 
 
@@ -377,8 +381,8 @@ def data_curate(
         move_to=move_to,
     )
     counts = ", ".join(f"{reason} {count}" for reason, count in curation.counts().items())
-    console.print(f"{curation.samples} samples: kept {len(curation.kept)}; flagged: {counts}")
+    say(f"{curation.samples} samples: kept {len(curation.kept)}; flagged: {counts}")
     for section, why in curation.skipped.items():
-        console.print(f"[yellow]{section} skipped:[/] {why}")
+        console.print(f"[yellow]{shown(section)} skipped:[/] {shown(why)}")
     for name in ("review", "kept", "flagged", "summary"):
-        console.print(f"{name}: {curation.paths[name]}")
+        say(f"{name}: {curation.paths[name]}")

@@ -20,6 +20,7 @@ from carid.cli.app import (
     given,
     out_option,
     print_error,
+    say,
 )
 
 
@@ -70,11 +71,11 @@ def evaluate(
     report = evaluate_model(
         model, data, out_dir=out, data_format=fmt, fit_calibration=fit_calibration, progress=True, **options
     )
-    for line in report.summary_lines():
-        console.print(line, highlight=False)
-    console.print(f"report: {report.paths['report']}")
+    for line in report.summary_lines():  # they quote class names: no markup
+        say(line)
+    say(f"report: {report.paths['report']}")
     if "calibration" in report.paths:
-        console.print(f"calibration: {report.paths['calibration']} (the export stores it in a bundle)")
+        say(f"calibration: {report.paths['calibration']} (the export stores it in a bundle)")
 
 
 def compare(
@@ -93,8 +94,8 @@ def compare(
     result = compare_runs(runs, **given(metric=metric or None), out_dir=out or Path("outputs") / "compare")
     console.print(result.rich_table(width=console.width))
     best = result.best_run
-    console.print(f"best by {result.metric}: {best.name if best else 'none (no run records it)'}")
-    console.print(f"table: {result.paths['html']}   curves: {result.paths['curves']}")
+    say(f"best by {result.metric}: {best.name if best else 'none (no run records it)'}")
+    say(f"table: {result.paths['html']}   curves: {result.paths['curves']}")
 
 
 def explain(
@@ -125,8 +126,8 @@ def explain(
         if not result.ok:
             print_error(str(result.error))
             continue
-        console.print(f"{result.image}: {result.label} ({result.probability:.1%})", highlight=False)
+        say(f"{result.image}: {result.label} ({result.probability:.1%})")
         for kind, path in result.files.items():
-            console.print(f"  {kind}: {path}", highlight=False)
+            say(f"  {kind}: {path}")
     if not all(result.ok for result in results):
         raise typer.Exit(1)

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from carid.cli.app import TtaOption, console, err_console, given, out_option, say
+from carid.cli.app import TtaOption, console, err_console, given, out_option, say, shown
 from carid.errors import CaridError
 
 ModelArgument = Annotated[
@@ -48,19 +47,23 @@ def enroll(
     from carid.enroll.store import enroll as enroll_class
     from carid.enroll.store import listing
     from carid.enroll.store import remove as remove_classes
-    from carid.runtime.predict_io import gather_images
+    from carid.runtime.predict_io import gather_inputs
 
     if remove:
         left = remove_classes(model, remove)
-        console.print(f"removed {', '.join(remove)}; enrolled classes left: {len(left)}", markup=False)
+        say(f"removed {', '.join(remove)}; enrolled classes left: {len(left)}")
     elif label is not None:
-        paths = gather_images([str(p) for p in photos or []])
+        gathered = gather_inputs([str(p) for p in photos or []])
+        for entry in gathered.skipped:
+            err_console.print(
+                f"[yellow]{shown(entry.path)}: {shown(entry.reason)}; skipped[/]", highlight=False
+            )
         result = enroll_class(
             model,
             label,
-            paths,
+            gathered.images,
             replace_photos=replace_photos,
-            say=lambda line: err_console.print(f"[yellow]{escape(line)}[/]", highlight=False),
+            say=lambda line: err_console.print(f"[yellow]{shown(line)}[/]", highlight=False),
         )
         verb = "enrolled" if result.new_class else "updated"
         say(
@@ -71,16 +74,15 @@ def enroll(
         raise CaridError("photos given without --label NAME (the class they show)")
     bundle, enrolment = listing(model)
     if enrolment is None:
-        console.print(
-            f"{bundle.path}: cannot take new classes (re-export it with `carid export RUN --force`)"
-        )
+        say(f"{bundle.path}: cannot take new classes (re-export it with `carid export RUN --force`)")
         return
     if list_classes or not (remove or label):
-        table = Table(title=f"enrolled classes of {bundle.path} ({bundle.metadata.num_classes} trained)")
+        title = f"enrolled classes of {shown(bundle.path)} ({bundle.metadata.num_classes} trained)"
+        table = Table(title=title)
         for column in ("class", "photos", "added", "updated"):
             table.add_column(column)
-        for item in enrolment.classes:
-            table.add_row(escape(item.label), str(item.photos), item.added, item.updated)
+        for item in enrolment.classes:  # a bundle's labels may hold anything, ESC and newlines too
+            table.add_row(shown(item.label), str(item.photos), shown(item.added), shown(item.updated))
         console.print(table)
 
 
@@ -103,17 +105,22 @@ def predict(
     tta: TtaOption = None,
 ) -> None:
     """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint."""
-    from carid.runtime.predict_io import print_predictions, run_predict
+    from carid.runtime.predict_io import partial_path, print_predictions, run_predict
 
-    result = run_predict(
-        model,
-        paths,
-        backend=backend,
-        out=out,
-        annotate_dir=annotate,
-        threads=threads,
-        **given(top_k=top_k, batch_size=batch_size, tta=tta),
-    )
+    try:
+        result = run_predict(
+            model,
+            paths,
+            backend=backend,
+            out=out,
+            annotate_dir=annotate,
+            threads=threads,
+            **given(top_k=top_k, batch_size=batch_size, tta=tta),
+        )
+    except KeyboardInterrupt:
+        if out is not None and partial_path(out).is_file():
+            err_console.print(f"the rows finished so far are in {shown(partial_path(out))}", highlight=False)
+        raise
     print_predictions(result.predictions, console)
     total = len(result.predictions)
     console.print(f"{total - result.num_failed} of {total} photos predicted in {result.seconds:.2f} s")
@@ -145,10 +152,51 @@ def serve(
     backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     threads: ThreadsOption = None,
     tta: TtaOption = None,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Seconds a client has to send a request's headers (default 10)."),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Seconds a client has to send the upload after the headers (default 60)."),
+    ] = None,
+    keep_alive_timeout: Annotated[
+        float | None, typer.Option(min=0.1, help="Seconds an idle connection stays open (default 5).")
+    ] = None,
+    concurrency_limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Requests handled at once per process, uploads included; more get 503 (default 100)."
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VAR",
+            help="Environment variable holding the API key requests must send in X-API-Key "
+            "(default: CARID_API_KEY when set, else no key). /health and the web page stay open.",
+        ),
+    ] = None,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAMES",
+            help="Comma-separated Host names to answer, e.g. cars.example.org,*.example.org; * for any "
+            "(default: localhost names when listening on a loopback address, else any).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve a model: REST API (POST /predict, GET /model, /health, /docs) and a web page at /."""
-    from carid.serve.api import ServeSettings, run_server
+    """Serve a model: REST API (POST /predict, GET /model, /health, /docs) and a web page at /.
 
+    For a server reachable from other machines, see docs/serve.md ("Exposing the server"): an API
+    key, --allowed-hosts and a reverse proxy (nginx) in front.
+    """
+    from carid.serve.server import run_server
+    from carid.serve.settings import ServeSettings
+
+    hosts = (
+        tuple(name.strip() for name in allowed_hosts.split(",") if name.strip()) if allowed_hosts else None
+    )
     settings = ServeSettings(
         **given(
             host=host,
@@ -159,6 +207,12 @@ def serve(
             backend=backend,
             threads=threads,
             tta=tta,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive_timeout,
+            concurrency_limit=concurrency_limit,
+            api_key_env=api_key_env,
+            allowed_hosts=hosts,
         )
     )
     run_server(model, settings, say=say)

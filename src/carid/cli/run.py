@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from carid.cli.app import FormatOption, OutOption, SetOption, console, overrides_with
+from carid.cli.app import FormatOption, OutOption, SetOption, console, overrides_with, say, shown
 
 
 def run(
@@ -31,10 +31,10 @@ def run(
     config = quickstart_config(config_path, overrides_with(overrides, {"data.format": fmt or None}))
     data_path = resolve_data_path(data if data is not None else config.data.path)
     out_dir = out or Path("outputs") / "run" / data_path.resolve().name
-    console.rule(f"carid run: {data_path}")
-    result = run_main_job(data_path, out_dir, config, say=lambda line: console.print(line, highlight=False))
+    console.rule(f"carid run: {shown(data_path)}")
+    result = run_main_job(data_path, out_dir, config, say=say)  # lines quote labels and paths: no markup
     console.rule("done")
     for name, path in result.paths.items():
-        console.print(f"{name}: {path}", highlight=False)
+        say(f"{name}: {path}")
     timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.seconds.items())
-    console.print(f"time: {timing}", highlight=False)
+    say(f"time: {timing}")

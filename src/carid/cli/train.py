@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from carid.cli.app import SetOption, console, out_option
+from carid.cli.app import SetOption, console, out_option, say
 from carid.errors import CaridError
 
 
@@ -28,10 +28,10 @@ def train(
     from carid.training.fit import train_from_cli
 
     result = train_from_cli(config_path, overrides, resume=resume)
-    console.print(f"run: {result.run_dir}")
-    console.print(f"best checkpoint: {result.best_checkpoint}")
+    say(f"run: {result.run_dir}")
+    say(f"best checkpoint: {result.best_checkpoint}")
     for key, value in sorted(result.metrics.items()):
-        console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+        say(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
 
 
 def sweep(
@@ -79,14 +79,14 @@ def sweep(
         prefix=prefix,
         metric=metric or spec.metric,
         progress=True,
-        say=console.print,
+        say=say,
     )
     for variant in result.variants:
         detail = f" ({variant.error})" if variant.error else ""
-        console.print(f"  {variant.status:8} {variant.name}{detail}", highlight=False)
+        say(f"  {variant.status:8} {variant.name}{detail}")
     if result.comparison is not None:
         console.print(result.comparison.rich_table(width=console.width))
-        console.print(f"comparison: {result.comparison.paths['html']}")
-    console.print(f"sweep state: {result.state_path}")
+        say(f"comparison: {result.comparison.paths['html']}")
+    say(f"sweep state: {result.state_path}")
     if result.failed:
         raise typer.Exit(1)

@@ -17,6 +17,7 @@ from carid.data.check_duplicates import DuplicateGroup
 from carid.data.check_rules import class_names
 from carid.data.hashing import ImageFacts
 from carid.data.samples import Problem, SampleTable, Severity
+from carid.data.text import console_text, safe_for_files
 
 # Example files per problem kind in the printed summary.
 SUMMARY_EXAMPLES = 3
@@ -106,7 +107,8 @@ class CheckReport:
 
     def to_dict(self, include_images: bool = True) -> dict[str, object]:
         """JSON-ready, with stable keys; every problem in full. `images` (per-sample facts,
-        aligned with the table) can be left out for a short report."""
+        aligned with the table) can be left out for a short report. Every string is valid UTF-8:
+        bytes of a file name that are not show as \\xNN (`carid.data.text.file_text`)."""
         usable = len(self.usable())
         result: dict[str, object] = {
             "root": str(self.table.root),
@@ -143,7 +145,7 @@ class CheckReport:
                 }
                 for sample, facts in zip(self.table.samples, self.facts, strict=True)
             ]
-        return result
+        return safe_for_files(result)
 
     def write_json(self, path: Path | str, include_images: bool = True) -> Path:
         """Write `to_dict()` as indented JSON, atomically (temporary name, then rename)."""
@@ -161,7 +163,8 @@ class CheckReport:
         for problem in self.problems:
             by_kind.setdefault(problem.kind, []).append(problem)
         if by_kind:
-            table = Table(title=f"Data check: {self.table.root} ({self.table.format})", title_justify="left")
+            title = f"Data check: {console_text(self.table.root)} ({console_text(self.table.format)})"
+            table = Table(title=title, title_justify="left")
             table.add_column("severity")
             table.add_column("problem")
             table.add_column("count", justify="right")
@@ -174,13 +177,13 @@ class CheckReport:
                 severity = min((p.severity for p in problems), key=_SEVERITY_RANK.__getitem__)
                 table.add_row(
                     f"[{_SEVERITY_STYLE[severity]}]{severity}[/]",
-                    kind,
+                    console_text(kind),
                     str(len(problems)),
-                    _examples(problems, base),
+                    console_text(_examples(problems, base)),
                 )
             console.print(table)
         else:
-            console.print(f"[green]No problems found in {self.table.root}[/]")
+            console.print(f"[green]No problems found in {console_text(self.table.root)}[/]")
         summary = self.to_dict(include_images=False)["summary"]
         assert isinstance(summary, dict)
         counts = [entry["usable"] for entry in self.class_counts().values()]

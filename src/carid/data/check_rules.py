@@ -15,6 +15,7 @@ from carid import boxes as box_math
 from carid.config import CheckConfig
 from carid.data.hashing import ImageFacts
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.data.text import has_undecodable
 
 # Overhang (px) clipped silently: off-by-one conventions, not annotation mistakes.
 BOX_TOLERANCE_PX = 1.0
@@ -39,6 +40,17 @@ def label_problems(sample: Sample, name: str, labelled: bool, known: set[str]) -
         message = f"{name}: class {sample.label!r} is not one of the dataset's {len(known)} classes"
         return [sample_problem(sample, "unknown_class", Severity.ERROR, message)]
     return []
+
+
+def name_problems(sample: Sample, name: str) -> list[Problem]:
+    """undecodable_name: a file name (or folder name on its path) that is not valid UTF-8."""
+    if not has_undecodable(str(sample.path)):
+        return []
+    message = (
+        f"{name}: the file name is not valid UTF-8 (reports show the bytes that are not as \\xNN); "
+        "tools that expect UTF-8 names may fail on it: rename it"
+    )
+    return [sample_problem(sample, "undecodable_name", Severity.WARNING, message)]
 
 
 def image_problems(sample: Sample, facts: ImageFacts, name: str, config: CheckConfig) -> list[Problem]:

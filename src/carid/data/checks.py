@@ -10,7 +10,8 @@ INFO = a fact. Kinds:
 
 ERROR
 - missing_file, not_an_image, truncated_image, unreadable_image, too_many_pixels: the file cannot
-  be decoded (the kind is `ImageError.kind`).
+  be decoded (the kind is `ImageError.kind`); not_a_regular_file: a FIFO, socket or device where
+  an image was listed (never opened: reading a FIFO would wait forever).
 - tiny_image: shorter side < `min_side`. A 20 px photo upscaled to a 224 px input is only blur;
   it can teach the network nothing, so it is excluded rather than merely flagged.
 - degenerate_box: narrower or lower than `min_box_size` (or inverted, or not finite).
@@ -18,6 +19,7 @@ ERROR
 - missing_label / unknown_class: no label in a labelled dataset / a label not in `table.classes`.
 WARNING
 - format_mismatch: the bytes hold another format than the extension says (a GIF named .jpg).
+- undecodable_name: the file's name is not valid UTF-8; reports show those bytes as \\xNN.
 - size_mismatch: the annotation's width/height differ from the real image; boxes are checked
   against the real size, not rescaled.
 - box_exceeds_photo: a box wider or taller than the photo; clipped.
@@ -57,7 +59,14 @@ from collections.abc import Sequence
 from carid.config import CheckConfig
 from carid.data.check_duplicates import duplicate_groups, duplicate_path_problems, group_problems
 from carid.data.check_report import CheckReport, display_base, display_name
-from carid.data.check_rules import check_boxes, class_problems, image_problems, label_problems, sample_problem
+from carid.data.check_rules import (
+    check_boxes,
+    class_problems,
+    image_problems,
+    label_problems,
+    name_problems,
+    sample_problem,
+)
 from carid.data.hashing import ImageFacts, ProbeFailure, fingerprint_files, planned_processes
 from carid.data.samples import Problem, Sample, SampleTable, Severity
 
@@ -95,6 +104,7 @@ def run_checks(
         name = display_name(sample.path, base)
         outcome = outcomes[file_index[str(sample.path)]]
         problems.extend(label_problems(sample, name, labelled, known_classes))
+        problems.extend(name_problems(sample, name))
         if isinstance(outcome, ProbeFailure):
             problems.append(sample_problem(sample, outcome.kind, Severity.ERROR, f"{name}: {outcome.reason}"))
             facts.append(None)

@@ -35,6 +35,7 @@ from carid.data.check_report import CheckReport
 from carid.data.checks import run_checks
 from carid.data.readers import read_dataset
 from carid.data.samples import Sample, Severity
+from carid.data.text import file_text, safe_for_files
 from carid.errors import CaridError
 from carid.files import write_atomic, write_json
 from carid.images import ImageError, load_rgb
@@ -216,7 +217,7 @@ def curate(
     curation.paths["review"] = out_dir / "review.html"
     write_review(curation, curation.paths["review"], title=f"carid curation: {Path(path).name}")
     curation.paths["summary"] = out_dir / "summary.json"
-    write_json(curation.paths["summary"], curation.to_dict())
+    write_json(curation.paths["summary"], safe_for_files(curation.to_dict()))
     return curation
 
 
@@ -261,7 +262,7 @@ def write_flags_csv(flags: Sequence[Flag], path: Path) -> None:
         row = flag.to_dict()
         row["score"] = "" if row["score"] is None else row["score"]
         writer.writerow(row)
-    write_atomic(path, buffer.getvalue().encode("utf-8"))
+    write_atomic(path, file_text(buffer.getvalue()).encode("utf-8"))
 
 
 def _thumbnail(path: str, side: int) -> str | None:
@@ -284,4 +285,4 @@ def write_review(curation: Curation, path: Path, title: str) -> None:
     html = render_page(
         "carid.data", "curate.html", title=title, summary=curation.to_dict(), groups=groups, side=side
     )
-    write_atomic(path, html.encode("utf-8"))
+    write_atomic(path, file_text(html).encode("utf-8"))

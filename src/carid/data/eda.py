@@ -31,6 +31,7 @@ import numpy as np
 from carid.data.eda_figures import SPLITS_ORDER, UNASSIGNED, distribution_figures
 from carid.data.eda_grid import grid_image, sample_grid
 from carid.data.samples import Problem, SampleTable, Severity
+from carid.data.text import file_text
 from carid.files import write_atomic
 from carid.reporting import (
     REPORT_NAME,
@@ -387,5 +388,5 @@ def write_report(
         grid_note=grid_note,
     )
     report = out_dir / REPORT_NAME
-    write_atomic(report, page.encode("utf-8"))
+    write_atomic(report, file_text(page).encode("utf-8"))  # a file name's non-UTF-8 bytes as \xNN
     return report

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from carid.data.samples import Sample, SampleTable
+from carid.data.text import file_text
 from carid.images import ImageError, load_rgb
 from carid.reporting import draw_boxes
 
@@ -83,12 +84,14 @@ def _thumbnail(sample: Sample, mark_no_box: bool, excluded: str | None) -> GridC
     except ImageError as exc:
         return GridCell(
             _placeholder(f"cannot read: {exc.reason}"),
-            sample.path.name,
+            file_text(sample.path.name),
             sample.source,
             f"cannot read: {exc.kind}",
         )
     except Exception as exc:  # a report must not stop at one odd file, whatever Pillow raises
-        return GridCell(_placeholder(f"cannot read: {exc}"), sample.path.name, sample.source, "cannot read")
+        return GridCell(
+            _placeholder(f"cannot read: {exc}"), file_text(sample.path.name), sample.source, "cannot read"
+        )
     factor = image.width / float(original_width)
     colours = [BOX_COLOURS[i % len(BOX_COLOURS)] for i in range(len(sample.boxes))]
     draw_boxes(image, zip(sample.boxes, colours, strict=True), scale=(factor, factor))
@@ -99,7 +102,7 @@ def _thumbnail(sample: Sample, mark_no_box: bool, excluded: str | None) -> GridC
     elif mark_no_box and not sample.has_box:
         note = "no box"
         _label(image, "no box")
-    return GridCell(image, sample.path.name, sample.source, note)
+    return GridCell(image, file_text(sample.path.name), sample.source, note)
 
 
 def _pick(samples: Sequence[Sample], count: int, rng: np.random.Generator) -> list[Sample]:

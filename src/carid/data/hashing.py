@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from carid.data.listing import not_regular
 from carid.images import ImageError, load_rgb, probe_image
 
 # Below this many files the pool's start-up (a fresh interpreter per worker importing numpy,
@@ -100,7 +102,8 @@ class ImageFacts:
 @dataclass(frozen=True)
 class ProbeFailure:
     """A file that cannot be used. kind: `ImageError.kind` (missing_file, not_an_image,
-    truncated_image, unreadable_image, too_many_pixels); reason: the message without the path."""
+    truncated_image, unreadable_image, too_many_pixels), or not_a_regular_file (a FIFO, a socket,
+    a device: never opened); reason: the message without the path."""
 
     kind: str
     reason: str
@@ -112,6 +115,9 @@ ProbeOutcome = ImageFacts | ProbeFailure
 def fingerprint_file(path: Path | str) -> ProbeOutcome:
     """Read, fully decode and fingerprint one image file; never raises for a bad file."""
     name = str(path)
+    special = not_regular(Path(path))  # reading a FIFO waits for a writer forever: never open one
+    if special is not None:
+        return ProbeFailure(special.kind, special.reason)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -142,7 +148,9 @@ def fingerprint_file(path: Path | str) -> ProbeOutcome:
 
 
 def _fingerprint_chunk(paths: list[str]) -> list[ProbeOutcome]:
-    """Pool task: fingerprint a chunk of files (module-level so that it pickles by name)."""
+    """Pool task: fingerprint a chunk of files (module-level so that it pickles by name). Pillow's
+    warnings about odd files are not shown (the file's problem says what is wrong with it)."""
+    warnings.filterwarnings("ignore", module="PIL")
     return [fingerprint_file(path) for path in paths]
 
 

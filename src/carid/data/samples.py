@@ -190,12 +190,14 @@ class SampleTable:
     def to_csv(self, path: Path, splits: Sequence[str] | None = None) -> None:
         """Write the table (optionally with an explicit split column) atomically.
 
-        `boxes` is a JSON list of [x1, y1, x2, y2] in absolute pixels.
+        `boxes` is a JSON list of [x1, y1, x2, y2] in absolute pixels. A path whose name is not
+        valid UTF-8 keeps its very bytes (surrogate escapes written back as the bytes they stand
+        for), so that `from_csv` finds the same file: this CSV names files to open, it is no report.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
+        with tmp.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.CSV_FIELDS)
             writer.writeheader()
             for i, sample in enumerate(self.samples):
@@ -221,7 +223,7 @@ class SampleTable:
         """Read back a table written by `to_csv` (e.g. a saved split)."""
         path = Path(path)
         samples: list[Sample] = []
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
             reader = csv.DictReader(handle)
             missing = {"path", "label", "split"} - set(reader.fieldnames or [])
             if missing:

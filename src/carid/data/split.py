@@ -170,7 +170,7 @@ def _round_strata(sizes: dict[str, int], shares: Sequence[Fraction]) -> dict[str
 
 
 def _stratum_rng(seed: int, stratum: str) -> np.random.Generator:
-    digest = hashlib.sha256(stratum.encode("utf-8")).digest()
+    digest = hashlib.sha256(stratum.encode("utf-8", "surrogateescape")).digest()
     words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
     return np.random.default_rng([seed, *words])
 
@@ -370,7 +370,7 @@ def split_fingerprint(table: SampleTable, splits: Sequence[str]) -> str:
         f"{portable_key(sample.path, table.root)},{sample.label or ''},{split}\n"
         for sample, split in zip(table.samples, splits, strict=True)
     )
-    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()  # a name's bytes
 
 
 def split_summary(table: SampleTable, splits: Sequence[str]) -> dict[str, Any]:
@@ -438,7 +438,8 @@ def save_split(
     }
     target = sidecar_path(path)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n"
+    tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # the root's very bytes, as the CSV
     tmp.replace(target)
     return path
 
@@ -449,7 +450,7 @@ def read_sidecar(csv_path: Path | str) -> dict[str, Any] | None:
     if not target.exists():
         return None
     try:
-        data = json.loads(target.read_text(encoding="utf-8"))
+        data = json.loads(target.read_text(encoding="utf-8", errors="surrogateescape"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{target}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):

@@ -1,13 +1,16 @@
 """Adding, removing and listing the classes enrolled in a bundle: what `carid enroll` does.
 
-The file format (enrolment.npz + the model.json "enrolment" field) is `carid.artifacts.enrolment`;
-this module embeds the new photos with the bundle's own model (ONNX Runtime) and updates it.
+The file format (an arrays file + the model.json "enrolment" field, replaced together) is
+`carid.artifacts.enrolment`; this module embeds the new photos with the bundle's own model (ONNX
+Runtime) and updates it. Each change first removes what an earlier, killed `carid enroll` left in
+the bundle folder (`remove_bundle_leftovers`).
 Imports NumPy, Pillow and ONNX Runtime only (slim install).
 """
 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,10 +26,12 @@ from carid.artifacts.enrolment import (
     EnrolledClass,
     Enrolment,
     load_enrolment,
+    remove_bundle_leftovers,
     require_enrolment,
     resolve_bundle,
     save_enrolment,
 )
+from carid.data.text import terminal_text
 from carid.embedding import prototype_sum
 
 # --- enrolling ----------------------------------------------------------------------------------------
@@ -67,6 +72,12 @@ def clean_label(label: str, trained: Sequence[str]) -> str:
         raise EnrolError(f"--label {cleaned!r}: the model was trained on this class already")
     if cleaned == "unknown":
         raise EnrolError("--label 'unknown' is what the model answers when it does not know a car")
+    control = sorted({f"U+{ord(c):04X}" for c in cleaned if unicodedata.category(c) in ("Cc", "Cf")})
+    if control:
+        raise EnrolError(
+            f"--label {terminal_text(cleaned)!r}: contains control characters ({', '.join(control)}); "
+            "a class name is shown in terminals, pages and files"
+        )
     return cleaned
 
 
@@ -123,14 +134,17 @@ def enroll(
     replace_photos: an enrolled class forgets its earlier photos. Unreadable photos are skipped and
     listed; EnrolError when none can be used (nothing is written then).
     """
+    tell = say or (lambda _: None)
     bundle = resolve_bundle(model)
+    for leftover in remove_bundle_leftovers(bundle.path):
+        tell(leftover.describe())
     enrolment = require_enrolment(bundle)
     label = clean_label(label, bundle.metadata.class_names)
     if not photos:
         raise EnrolError(f"--label {label!r}: no photos given")
     embeddings, used, skipped = embed_photos(bundle, photos, threads=threads)
     for reason in skipped:
-        (say or (lambda _: None))(f"skipped {reason}")
+        tell(f"skipped {reason}")
     if not used:
         raise EnrolError(
             f"--label {label!r}: none of the {len(photos)} photos can be used; nothing was changed"
@@ -173,9 +187,15 @@ def enroll(
     )
 
 
-def remove(model: Path | str, labels: Sequence[str]) -> tuple[str, ...]:
-    """Remove enrolled classes by label; returns the classes left. EnrolError names unknown labels."""
+def remove(
+    model: Path | str, labels: Sequence[str], say: Callable[[str], None] | None = None
+) -> tuple[str, ...]:
+    """Remove enrolled classes by label; returns the classes left. EnrolError names unknown labels.
+    say: told what an earlier, killed run left and this one removed."""
+    tell = say or (lambda _: None)
     bundle = resolve_bundle(model)
+    for leftover in remove_bundle_leftovers(bundle.path):
+        tell(leftover.describe())
     enrolment = require_enrolment(bundle)
     wanted = {" ".join(str(label).split()) for label in labels}
     missing = sorted(wanted - set(enrolment.labels))

@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from carid.artifacts.run_dir import RunDir, is_run_dir
+from carid.data.text import console_text
 from carid.errors import CaridError
 from carid.files import write_atomic
 from carid.reporting import data_uri, figure_png, render_page
@@ -412,7 +413,8 @@ class ComparisonResult:
         for i in keep:
             table.add_column(columns[i], overflow="fold", no_wrap=columns[i] in ("size", "lr", "epochs"))
         for index, row in enumerate(self.rows()):
-            table.add_row(*(row[i] for i in keep), style="bold green" if index == self.best else None)
+            cells = (console_text(row[i]) for i in keep)  # run names are user text, never markup
+            table.add_row(*cells, style="bold green" if index == self.best else None)
         return table
 
     def csv_text(self) -> str:

@@ -1,16 +1,25 @@
 """The file side of `carid predict`: gather photos, run a `Predictor` with progress, write results.
 
     gather_images(["photos/", "more/*.jpg", "one.png"]) -> sorted, de-duplicated image paths
+    gather_inputs([...]) -> Gathered: the image paths and the entries skipped (`carid.data.listing`)
     run_predict(model, inputs, ...) -> PredictRun (predictions + what was written)
     write_predictions(predictions, "out.csv" | "out.json")
     annotate_image(prediction, image) -> a copy with the box and label drawn
 
 CSV: one row per image, columns `CSV_COLUMNS`. label is the answer ("unknown" below the bundle's
-threshold); class, model and probability are the top-1 class's; make, body_type and year are the
-rolled-up taxonomy values with their own probabilities; x1..y2 the box in original pixels; the
-timing columns are milliseconds; error is empty unless the image could not be used.
+threshold; reason says why an answer is unknown); class, model and probability are the top-1
+class's; make, body_type and year are the rolled-up taxonomy values with their own probabilities;
+x1..y2 the box in original pixels; the timing columns are milliseconds; error is empty unless the
+image could not be used.
 JSON: {"format": "carid.predictions", "version": 1, "model": Predictor.info(), "predictions":
-[Prediction.to_dict(), ...]}.
+[Prediction.to_dict(), ...]}. In both, bytes of a file name that are not UTF-8 show as \\xNN.
+
+Nothing among the inputs stops a run: a FIFO, socket or device named like a photo (never opened:
+reading a FIFO waits forever), a folder that cannot be listed, a link loop named like a photo each
+get a row whose error says what it is. Rows are written as they finish to ``<out>.partial`` (CSV
+rows for a .csv, one JSON object per line for a .json), which becomes --out at the end: a run that
+dies keeps what it finished there. A batch that raises is predicted again a photo at a time, and a
+photo that still raises gets an error row naming the exception.
 
 Like `carid.runtime.predictor`, this module imports without torch.
 """
@@ -20,15 +29,19 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from carid.data.listing import Skipped, unusable_entry, walk_files
+from carid.data.text import console_text, file_text, safe_for_files
 from carid.errors import CaridError
 from carid.files import write_atomic, write_json
 from carid.images import IMAGE_SUFFIXES, ImageError, is_image_file, load_rgb
@@ -51,6 +64,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "year",
     "year_probability",
     "unknown",
+    "reason",
     "x1",
     "y1",
     "x2",
@@ -73,49 +87,95 @@ class InputError(CaridError, ValueError):
 # --- gathering photos -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Gathered:
+    """What `gather_inputs` found: the image files to predict, in order, and the entries skipped
+    (a FIFO named like a photo, a folder that cannot be listed, ...), each to become an error row."""
+
+    images: list[Path]
+    skipped: list[Skipped] = field(default_factory=list)
+
+
 def gather_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files of `gather_inputs` (what it skipped left out)."""
+    return gather_inputs(inputs).images
+
+
+def gather_inputs(inputs: Sequence[str | Path]) -> Gathered:
     """Files as given, folders searched recursively for image suffixes, globs expanded (`**` too).
 
     A file named explicitly is kept whatever its suffix (a non-image then gets a per-image error).
     Order: inputs in the order given, each folder's or glob's files sorted; duplicates dropped.
-    Raises InputError naming a path that does not exist, a glob that matches nothing, or a folder
-    without images.
+    Skipped, never opened: an input that is no regular file (a FIFO, a link loop, ...), and in a
+    folder the entries named like photos that are not regular files and the sub-folders that
+    cannot be listed. Raises InputError naming a path that does not exist, a glob that matches
+    nothing, or a folder with neither images nor skipped entries.
     """
     if not inputs:
         raise InputError("no photos given: pass files, folders or glob patterns")
     found: list[Path] = []
+    skipped: list[Skipped] = []
     for item in inputs:
         text = str(item)
         path = Path(text).expanduser()
+        unusable = unusable_entry(path)
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
-            if not images:
+            images, passed = _folder_images(path)
+            if not images and not passed:
                 raise InputError(
                     f"{path}: no images in this folder (suffixes {', '.join(sorted(IMAGE_SUFFIXES))})"
                 )
             found.extend(images)
+            skipped.extend(passed)
+        elif unusable is not None:
+            skipped.append(unusable)
         elif _GLOB_CHARACTERS & set(text):
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
             images = [p for p in matches if p.is_file() and is_image_file(p)]
-            images += [q for p in matches if p.is_dir() for q in sorted(p.rglob("*")) if is_image_file(q)]
-            if not images:
+            passed = [e for p in matches if is_image_file(p) and (e := unusable_entry(p)) is not None]
+            for folder in (p for p in matches if p.is_dir()):
+                folder_images, folder_passed = _folder_images(folder)
+                images += folder_images
+                passed += folder_passed
+            if not images and not passed:
                 raise InputError(f"{text}: no image files match this pattern")
             found.extend(images)
+            skipped.extend(passed)
         else:
             raise InputError(f"{path}: no such file or folder")
     unique: dict[str, Path] = {}
     for path in found:
         unique.setdefault(str(path.resolve()), path)
-    return list(unique.values())
+    seen_skipped: dict[Path, Skipped] = {}
+    for entry in skipped:
+        seen_skipped.setdefault(entry.path, entry)
+    return Gathered(list(unique.values()), list(seen_skipped.values()))
+
+
+def _folder_images(folder: Path) -> tuple[list[Path], list[Skipped]]:
+    """The image files below `folder`, sorted (linked folders not walked into, hidden files kept),
+    and the entries worth a row: unreadable folders, and what is named like a photo but is none."""
+    listing = walk_files(folder, hidden=True, follow_links=False)
+    images = sorted(file for file in listing.files if is_image_file(file))
+    passed = [
+        entry for entry in listing.skipped if entry.kind == "unreadable_folder" or is_image_file(entry.path)
+    ]
+    return images, passed
+
+
+def skipped_prediction(entry: Skipped) -> Prediction:
+    """The error row of an input entry that was skipped."""
+    return Prediction(source=str(entry.path), error=f"{entry.path}: {entry.reason}; skipped")
 
 
 # --- writing results -------------------------------------------------------------------------------
 
 
 def prediction_row(prediction: Prediction) -> dict[str, Any]:
-    """The CSV row of one prediction (see the module docstring); empty strings for missing values."""
+    """The CSV row of one prediction (see the module docstring); empty strings for missing values,
+    and every text valid UTF-8 (a file name's other bytes as \\xNN)."""
     top1 = prediction.top1
     box = prediction.box
     timing = prediction.timing
@@ -139,6 +199,7 @@ def prediction_row(prediction: Prediction) -> dict[str, Any]:
         "year": year,
         "year_probability": year_probability,
         "unknown": "" if not prediction.ok else str(prediction.unknown).lower(),
+        "reason": prediction.reason or "",
         "decode_ms": round(timing.decode_ms, 3),
         "preprocess_ms": round(timing.preprocess_ms, 3),
         "inference_ms": round(timing.inference_ms, 3),
@@ -147,7 +208,10 @@ def prediction_row(prediction: Prediction) -> dict[str, Any]:
     }
     for name, value in zip(("x1", "y1", "x2", "y2"), box.to_list() if box else ("",) * 4, strict=True):
         row[name] = "" if value == "" else round(float(value), 2)
-    return {column: row[column] for column in CSV_COLUMNS}
+    return {
+        column: file_text(row[column]) if isinstance(row[column], str) else row[column]
+        for column in CSV_COLUMNS
+    }
 
 
 def write_predictions(
@@ -161,12 +225,14 @@ def write_predictions(
     if suffix == ".json":
         write_json(
             path,
-            {
-                "format": PREDICTIONS_FORMAT,
-                "version": PREDICTIONS_VERSION,
-                "model": model,
-                "predictions": [prediction.to_dict() for prediction in predictions],
-            },
+            safe_for_files(
+                {
+                    "format": PREDICTIONS_FORMAT,
+                    "version": PREDICTIONS_VERSION,
+                    "model": model,
+                    "predictions": [prediction.to_dict() for prediction in predictions],
+                }
+            ),
         )
         return path
     buffer = io.StringIO()
@@ -175,6 +241,50 @@ def write_predictions(
     writer.writerows(prediction_row(prediction) for prediction in predictions)
     write_atomic(path, buffer.getvalue())
     return path
+
+
+def partial_path(out: Path | str) -> Path:
+    """Where `run_predict` writes the rows of --out `out` as they finish: ``<out>.partial``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+class PartialRows:
+    """Rows written as they finish to `partial_path(out)`, flushed after each batch: CSV rows (with
+    the header) for a .csv, one `Prediction.to_dict()` per line for a .json. `finish` writes --out
+    itself (atomically) and removes the partial file; a run that dies before leaves it behind."""
+
+    def __init__(self, out: Path | str) -> None:
+        self.out = Path(out)
+        self.path = partial_path(self.out)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = 0
+        self._handle: IO[str] = self.path.open("w", encoding="utf-8", newline="")
+        self._csv: csv.DictWriter[str] | None = None
+        if self.out.suffix.lower() == ".csv":
+            self._csv = csv.DictWriter(self._handle, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+            self._csv.writeheader()
+
+    def add(self, predictions: Sequence[Prediction]) -> None:
+        for prediction in predictions:
+            if self._csv is not None:
+                self._csv.writerow(prediction_row(prediction))
+            else:
+                self._handle.write(
+                    json.dumps(safe_for_files(prediction.to_dict()), ensure_ascii=False) + "\n"
+                )
+        self._handle.flush()
+        self.rows += len(predictions)
+
+    def finish(self, predictions: Sequence[Prediction], model: dict[str, Any] | None) -> Path:
+        self._handle.close()
+        written = write_predictions(predictions, self.out, model=model)
+        self.path.unlink(missing_ok=True)
+        return written
+
+    def close(self) -> None:
+        """Stop writing, keeping the partial file (the run did not finish)."""
+        self._handle.close()
 
 
 # --- annotated copies ---------------------------------------------------------------------------------
@@ -300,39 +410,32 @@ def run_predict(
     """Load the model, gather the photos, predict in batches (with a progress bar), write results.
 
     tta: "none" or "hflip" (`carid.runtime.tta`: each photo and its mirror image, averaged).
+    Rows come in input order, those of skipped entries first; with `out`, each batch is written to
+    `partial_path(out)` as it finishes (see the module docstring), so an interrupted run keeps them.
 
     Raises InputError (paths, output name), PredictorError / BundleError (the model).
     """
     started = time.perf_counter()
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"--out {out}: expected a .csv or .json file name")
-    paths = gather_images(inputs)
+    gathered = gather_inputs(inputs)
     predictor = Predictor.load(model, backend=backend, threads=threads, tta=tta)
-    predictions: list[Prediction] = []
-    batches = predictor.predict_batches(paths, top_k=top_k, batch_size=batch_size)
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (
-            TextColumn("predicting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, transient=True) as bar:
-            task = bar.add_task("predict", total=len(paths))
-            for batch in batches:
-                predictions.extend(batch)
-                bar.advance(task, len(batch))
-                if on_batch is not None:
-                    on_batch(batch)
-    else:
-        for batch in batches:
-            predictions.extend(batch)
-            if on_batch is not None:
-                on_batch(batch)
     info = predictor.info()
-    output = None if out is None else write_predictions(predictions, out, model=info)
+    predictions: list[Prediction] = []
+    rows = None if out is None else PartialRows(out)
+    try:
+        with _progress_bar(progress, len(gathered.images) + len(gathered.skipped)) as advance:
+            if gathered.skipped:
+                skipped = [skipped_prediction(entry) for entry in gathered.skipped]
+                _finished(skipped, predictions, rows, advance, on_batch)
+            for batch in _predict_each(predictor, gathered.images, top_k, batch_size):
+                _finished(batch, predictions, rows, advance, on_batch)
+    except BaseException as exc:
+        if rows is not None:
+            rows.close()
+            exc.add_note(f"the {rows.rows} rows finished before this are in {rows.path}")
+        raise
+    output = None if rows is None else rows.finish(predictions, info)
     annotated = [] if annotate_dir is None else write_annotated(predictions, annotate_dir)
     return PredictRun(
         predictions=tuple(predictions),
@@ -343,21 +446,77 @@ def run_predict(
     )
 
 
+def _finished(
+    batch: list[Prediction],
+    predictions: list[Prediction],
+    rows: PartialRows | None,
+    advance: Callable[[int], None],
+    on_batch: Callable[[list[Prediction]], None] | None,
+) -> None:
+    predictions.extend(batch)
+    if rows is not None:
+        rows.add(batch)
+    advance(len(batch))
+    if on_batch is not None:
+        on_batch(batch)
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A transient "predicting" bar; yields advance(count)."""
+    if not enabled:
+        yield lambda count: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("predict", total=total)
+        yield lambda count: bar.advance(task, count)
+
+
+def _predict_each(
+    predictor: Predictor, paths: Sequence[Path], top_k: int, batch_size: int
+) -> Iterator[list[Prediction]]:
+    """`predictor.predict_batches`, but a batch that raises (whatever Pillow or the runtime throws
+    for one odd file) is predicted again a photo at a time; a photo that still raises gets an error
+    row naming the exception, and the batches after it go on."""
+    done = 0
+    while done < len(paths):
+        try:
+            for batch in predictor.predict_batches(paths[done:], top_k=top_k, batch_size=batch_size):
+                done += len(batch)
+                yield batch
+        except Exception:  # one bad file must not end the run: each photo of the batch says why
+            chunk = paths[done : done + batch_size]
+            yield [_predict_one(predictor, path, top_k) for path in chunk]
+            done += len(chunk)
+
+
+def _predict_one(predictor: Predictor, path: Path, top_k: int) -> Prediction:
+    try:
+        return predictor.predict([path], top_k=top_k)[0]
+    except Exception as exc:  # reported in the photo's row
+        return Prediction(
+            source=str(path), error=f"{path}: cannot use this image ({type(exc).__name__}: {exc})"
+        )
+
+
 def print_predictions(predictions: Sequence[Prediction], console: Any, limit: int = 20) -> None:
     """A rich table of the first `limit` predictions: path, answer, probability, make, body type and
-    year each with its rolled-up probability ("Audi 0.91"), box."""
-    from rich.markup import escape
+    year each with its rolled-up probability ("Audi 0.91"), box. Names, labels and errors are shown
+    as text: rich markup escaped, control characters as \\x1b, \\n, ... (`console_text`)."""
     from rich.table import Table
 
     table = Table("path", "label", "prob.", "make", "body type", "year", "box (px)")
     for prediction in predictions[:limit]:
         if not prediction.ok:
-            table.add_row(escape(prediction.source), f"[red]{escape(prediction.error or '')}[/]")
+            table.add_row(console_text(prediction.source), f"[red]{console_text(prediction.error or '')}[/]")
             continue
         box = "" if prediction.box is None else " ".join(f"{v:.0f}" for v in prediction.box.to_list())
         table.add_row(
-            escape(prediction.source),
-            escape(prediction.label or ""),
+            console_text(prediction.source),
+            console_text(prediction.label or ""),
             f"{prediction.probability:.3f}" if prediction.probability is not None else "",
             _level_cell(prediction.make),
             _level_cell(prediction.body_type),
@@ -370,7 +529,5 @@ def print_predictions(predictions: Sequence[Prediction], console: Any, limit: in
 
 
 def _level_cell(score: LevelScore | None) -> str:
-    """ "Audi 0.912" for a taxonomy level's value and probability (rich markup escaped), "" when absent."""
-    from rich.markup import escape
-
-    return "" if score is None else f"{escape(score.value)} {score.probability:.3f}"
+    """ "Audi 0.912" for a taxonomy level's value and probability (shown as text), "" when absent."""
+    return "" if score is None else f"{console_text(score.value)} {score.probability:.3f}"

@@ -1,10 +1,11 @@
 """Predict with a trained model: `Predictor` (ONNX Runtime or PyTorch) and its result, `Prediction`.
 
     images (paths, bytes, PIL images)
-        --decode (carid.preprocess.load_image: reduced-size JPEG decode, EXIF, alpha on white)
+        --decode (carid.preprocess.load_image: reduced-size decode, EXIF, alpha on white)
         --preprocess (carid.preprocess.preprocess: the bundle's PreprocessSpec, one code path)
         --backend.run(float32 [B, 3, H, W]) -> logits [B, C], box [B, 4] normalized xyxy, embedding [B, D]
-        --softmax(logits / temperature) --unknown threshold --taxonomy roll-up --box to original pixels
+        --softmax(logits / temperature) --unknown threshold and shape (carid.runtime.inputs.shape_problem)
+        --taxonomy roll-up --box to original pixels
         --> Prediction per image (errors per image: one unreadable file does not stop the batch)
 
 `Predictor.load(path)` accepts a bundle folder (or its model.json), a `.ckpt` checkpoint, a run
@@ -60,7 +61,14 @@ from carid.runtime.backends import (
     file_sha256,
 )
 from carid.runtime.calibration import apply_temperature, apply_unknown
-from carid.runtime.inputs import ImageInput, PreparedImage, _ms_since, prepare_image, source_name
+from carid.runtime.inputs import (
+    ImageInput,
+    PreparedImage,
+    _ms_since,
+    prepare_image,
+    shape_problem,
+    source_name,
+)
 from carid.runtime.results import (
     ROLL_UP_LEVELS,
     UNKNOWN_LABEL,
@@ -69,6 +77,7 @@ from carid.runtime.results import (
     LevelScore,
     Prediction,
     Timing,
+    below_threshold,
 )
 from carid.runtime.tta import TtaError, check_mode, tta_of, with_tta
 from carid.taxonomy import Taxonomy, roll_up
@@ -414,12 +423,15 @@ class Predictor:
     ) -> Prediction:
         order = np.argsort(-probabilities, kind="stable")[: min(top_k, len(probabilities))]
         scores = tuple(self._score(int(i), float(probabilities[i])) for i in order)
-        unknown = index < 0
-        label = UNKNOWN_LABEL if unknown else self.metadata.class_names[index]
-        levels = self._levels(rolled, scores[0])
         geometry = item.geometry
         assert geometry is not None
         original = (geometry.original_width, geometry.original_height)
+        reason = shape_problem(*original)  # a sliver or a thumbnail: unknown however sure the network is
+        if reason is None and index < 0:
+            reason = below_threshold(top_probability, self.metadata.unknown_threshold or 0.0)
+        unknown = reason is not None
+        label = UNKNOWN_LABEL if unknown else self.metadata.class_names[index]
+        levels = self._levels(rolled, scores[0])
         mapped = None if box is None else Box(*(float(value) for value in box))
         return Prediction(
             source=item.name,
@@ -433,6 +445,7 @@ class Predictor:
             box=mapped,
             image_size=original,
             timing=Timing(item.decode_ms, item.preprocess_ms, inference_ms),
+            reason=reason,
         )
 
     def _score(self, index: int, probability: float) -> ClassScore:

@@ -15,6 +15,11 @@ UNKNOWN_LABEL = "unknown"
 ROLL_UP_LEVELS: tuple[str, ...] = ("make", "body_type", "year")
 
 
+def below_threshold(probability: float, threshold: float) -> str:
+    """The reason of an "unknown" answer whose top class is not probable enough."""
+    return f"the top class's probability {probability:.3f} is under the unknown threshold {threshold:.3f}"
+
+
 @dataclass(frozen=True)
 class ClassScore:
     """One of the top-k classes: its index and name, probability and the parts of its name.
@@ -99,14 +104,17 @@ class Prediction:
     """What the model says about one image, or why it could not say anything (`error`).
 
     source: the path as given, or a name for bytes / PIL inputs.
-    label: the top-1 class, or "unknown" when its probability is below the bundle's unknown
-        threshold (`unknown` True; `top_k` still lists the classes). None when `error` is set.
+    label: the top-1 class, or "unknown" (`unknown` True; `top_k` still lists the classes) when its
+        probability is below the bundle's unknown threshold or when the photo's shape is one the
+        network input cannot show faithfully (`carid.runtime.inputs.shape_problem`: a sliver, a
+        thumbnail). None when `error` is set.
     probability: the top-1 class probability (after temperature scaling).
     make / body_type / year: the most likely value at each taxonomy level with its rolled-up
         probability (None when the model's classes do not say it). Given also when the label is
         "unknown": the make can be clear when the exact model is not.
     box: the car in the original photo's pixels (None without a box head).
     image_size: (width, height) of the photo after EXIF orientation.
+    reason: why the label is "unknown", in a sentence for people (None when a class is named).
     """
 
     source: str
@@ -121,6 +129,7 @@ class Prediction:
     image_size: tuple[int, int] | None = None
     timing: Timing = field(default_factory=Timing)
     error: str | None = None
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -146,4 +155,5 @@ class Prediction:
             "box": None if self.box is None else self.box.to_dict(),
             "image_size": None if self.image_size is None else list(self.image_size),
             "timing": self.timing.to_dict(),
+            "reason": self.reason,
         }

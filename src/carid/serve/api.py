@@ -3,7 +3,8 @@
     create_app(model_path, settings) -> FastAPI     loads the model named by the server's own
                                                      startup arguments (never by a request)
     build_app(predictor, settings) -> FastAPI        the same over an already built Predictor
-    run_server(model_path, settings)                 uvicorn on settings.host:port (the CLI's job)
+    (`carid.serve.server.run_server` runs it under uvicorn; `carid.serve.settings` holds the
+    settings; `carid.serve.security` the guards in front of the endpoints)
 
 Endpoints:
 
@@ -12,13 +13,16 @@ Endpoints:
                     -> `Prediction.to_dict()` (+ "explanation" when asked)
     GET  /model     what the model is: classes, taxonomy levels, input size, box, backend,
                     versions, calibration, whether explanations are available, upload limits
-    GET  /health    status, model loaded, uptime, inferences running / waiting
+    GET  /health    status, model loaded, uptime, inferences running / waiting, requests in
+                    progress (never needs the API key; /predict and /model do when one is set)
     GET  /docs      OpenAPI (Swagger UI); GET /openapi.json
     GET  /          the web page (static/index.html, app.js, style.css; no build step, no CDN)
 
 Every error is JSON {"error": {"code": "...", "message": "..."}} with a 4xx status for bad input
-(see `carid.serve.limits` and docs/serve.md); unexpected failures are logged with their traceback
-and answered with a generic 500 that leaks nothing.
+(see `carid.serve.limits` and docs/serve.md): whatever Pillow raises while reading an upload is
+the upload's 4xx (`limits.decode_failure`). Unexpected failures are logged with their traceback
+and answered with a generic 500 that leaks nothing and says `Connection: close` (the server drops
+the connection after it, and the client must not send its next request on it).
 
 Inference runs in the thread pool (`run_in_threadpool`), at most `inference_slots` at a time
 (default 1: ONNX Runtime already uses every core for one image, so the server never asks for more
@@ -32,154 +36,63 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-import os
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carid import __version__
-from carid.errors import CaridError
-from carid.runtime.backends import BACKENDS
 from carid.runtime.predictor import Predictor
 from carid.runtime.results import ROLL_UP_LEVELS, Prediction
-from carid.runtime.tta import TTA_MODES
 from carid.serve.limits import (
-    DEFAULT_MAX_PIXELS,
-    MEGABYTE,
     ApiError,
-    ASGIApp,
     BodyLimitMiddleware,
-    Message,
-    Receive,
-    Scope,
-    Send,
     UploadError,
-    UploadLimits,
     check_upload,
+    decode_failure,
     read_limited,
     upload_name,
 )
+from carid.serve.security import (
+    API_KEY_HEADER,
+    ApiKeyGuard,
+    BodyTimeout,
+    ConcurrencyLimit,
+    PageHeaders,
+    RequestCount,
+    TrustedHosts,
+)
+from carid.serve.settings import ServeSettings, api_key_for
 
 log = logging.getLogger("carid.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
 UPLOAD_FIELD = "file"
-ENV_MODEL = "CARID_SERVE_MODEL"  # how `run_server` hands the model path to uvicorn worker processes
-ENV_SETTINGS = "CARID_SERVE_SETTINGS"  # ServeSettings as JSON, likewise
-# The page loads nothing from elsewhere; the policy makes sure of it. (/docs is left out: Swagger
-# UI loads its script and style from a CDN.)
-PAGE_CSP = (
-    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-)
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     413: "file_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
     503: "busy",
 }
 _INTERNAL_MESSAGE = "the server failed to handle this request; the error is logged on the server"
-
-
-class ServeError(CaridError, ValueError):
-    """A server that cannot start as asked (bad setting, port in use); the message says what to change."""
-
-
-# --- settings ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """How `carid serve` runs. The one place for its defaults; the CLI only overrides.
-
-    host, port: where to listen (127.0.0.1: this machine only).
-    workers: server processes, each with its own copy of the model.
-    backend: "auto", "onnx" or "torch" (`Predictor.load`); threads: inference threads (None: the
-        runtime's default, every core).
-    tta: "none" or "hflip" (each upload and its mirror image are scored and averaged, at twice
-        the inference time; `carid.runtime.tta`).
-    max_upload_mb: largest photo accepted, in MiB; max_pixels: largest width x height accepted.
-    top_k: classes listed when a request does not say; max_top_k: the most a request may ask.
-    inference_slots: inferences run at once per process; max_waiting: requests that may queue
-        behind them before the server answers 503.
-    explain: offer Grad-CAM overlays (only possible on the torch backend).
-    warmup: run one blank batch at startup so the first request is not slow.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    backend: str = "auto"
-    threads: int | None = None
-    tta: str = "none"
-    max_upload_mb: float = 10.0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    top_k: int = 5
-    max_top_k: int = 100
-    inference_slots: int = 1
-    max_waiting: int = 64
-    explain: bool = True
-    warmup: bool = True
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.host:
-            problems.append("host must not be empty")
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port must be in 0..65535, got {self.port}")
-        for name in ("workers", "max_pixels", "top_k", "max_top_k", "inference_slots"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_waiting < 0:
-            problems.append(f"max_waiting must be >= 0, got {self.max_waiting}")
-        if self.threads is not None and self.threads < 1:
-            problems.append(f"threads must be >= 1, got {self.threads}")
-        if not self.max_upload_mb > 0:
-            problems.append(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
-        if self.backend not in BACKENDS:
-            problems.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.tta not in TTA_MODES:
-            problems.append(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
-        if self.top_k > self.max_top_k:
-            problems.append(f"top_k ({self.top_k}) must not exceed max_top_k ({self.max_top_k})")
-        if problems:
-            raise ServeError("serve settings: " + "; ".join(problems))
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return round(self.max_upload_mb * MEGABYTE)
-
-    def limits(self) -> UploadLimits:
-        return UploadLimits(max_upload_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ServeSettings:
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ServeError(f"serve settings: unknown key(s) {', '.join(unknown)}")
-        return cls(**data)
+CLOSE = {"Connection": "close"}
 
 
 # --- explanations ------------------------------------------------------------------------------------
@@ -361,31 +274,6 @@ def decode_error(name: str, message: str | None) -> UploadError:
     return UploadError(422, code, text)
 
 
-class PageHeaders:
-    """Security headers (pure ASGI): nosniff on every answer; the content policy on the web page."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        is_page = path == "/" or path.startswith("/static/")
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                if is_page:
-                    headers["Content-Security-Policy"] = PAGE_CSP
-                    headers["Referrer-Policy"] = "no-referrer"
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = list(exc.errors())
     for error in errors:
@@ -415,10 +303,18 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
 
 
 def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI app over an already loaded predictor (tests pass stub predictors here)."""
+    """The FastAPI app over an already loaded predictor (tests pass stub predictors here).
+
+    The guards of `carid.serve.security` come first, outermost first: response headers, allowed
+    hosts (when `settings.allowed_hosts` names some; `run_server` decides them for the address it
+    listens on), the API key (when one is set: `settings.api_key_for`), the concurrency limit, the
+    body timeout, the body-size cap. Raises ServeError for an API key setting that cannot be used.
+    """
     settings = settings or ServeSettings()
     limits = settings.limits()
+    api_key = api_key_for(settings)
     gate = InferenceGate(settings.inference_slots, settings.max_waiting)
+    requests = RequestCount(settings.concurrency_limit)
     explainer = explainer_for(predictor, settings.explain)
     description = model_description(predictor, settings, explainer)
     started = time.monotonic()
@@ -431,17 +327,26 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
         redoc_url=None,
     )
     app.add_middleware(BodyLimitMiddleware, file_limit_bytes=limits.max_upload_bytes)
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
+    app.add_middleware(ConcurrencyLimit, count=requests)
+    if api_key is not None:
+        app.add_middleware(ApiKeyGuard, api_key=api_key)
+    if settings.allowed_hosts is not None and "*" not in settings.allowed_hosts:
+        app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(PageHeaders)
+    # The key is checked by ApiKeyGuard; the scheme only describes it in /docs (and its Authorize button).
+    key_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The server's API key.")
+    secured = [Security(key_scheme)] if api_key is not None else []
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        headers = {"Retry-After": "1"} if exc.status == 503 else CLOSE if exc.status >= 500 else None
         return error_response(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+        return error_response(exc.status_code, code, form_problem(exc) or str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -450,24 +355,28 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal_error", _INTERNAL_MESSAGE)
+        return error_response(500, "internal_error", _INTERNAL_MESSAGE, CLOSE)
 
     @app.post(
         "/predict",
+        dependencies=secured,
         responses={
             200: {
                 "description": "`Prediction.to_dict()`: label, probability, unknown, top_k, make, "
                 "body_type, year, box (original pixels, xyxy), image_size, timing; plus "
                 "`explanation` when asked"
             },
-            400: {"model": ErrorResponse, "description": "empty file or malformed form"},
+            400: {"model": ErrorResponse, "description": "empty file, several files, bad form or Host"},
+            401: {"model": ErrorResponse, "description": "no or a wrong X-API-Key (servers with a key)"},
+            408: {"model": ErrorResponse, "description": "the upload did not arrive in time"},
             413: {"model": ErrorResponse, "description": "file too large or too many pixels"},
             415: {"model": ErrorResponse, "description": "not a JPEG, PNG, WebP, GIF, BMP or TIFF image"},
             422: {"model": ErrorResponse, "description": "no field 'file', bad parameter, corrupt image"},
-            503: {"model": ErrorResponse, "description": "too many requests waiting; retry"},
+            503: {"model": ErrorResponse, "description": "too many requests at once or waiting; retry"},
         },
     )
     async def predict(
+        request: Request,
         file: UploadFile = File(
             description="The photo (JPEG, PNG, WebP, GIF, BMP or TIFF); its type is read from its bytes."
         ),
@@ -475,6 +384,7 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
         explain: bool = Query(False, description="Add a Grad-CAM overlay (PNG, base64); torch backend only."),
     ) -> JSONResponse:
         """Identify the car in one photo."""
+        await one_file_only(request)
         name = upload_name(file.filename)
         data = await read_limited(file, limits.max_upload_bytes, name)
         await run_in_threadpool(check_upload, data, name, limits)
@@ -486,8 +396,11 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
                 )
                 if explain and prediction.ok:
                     explanation = await run_in_threadpool(explainer.explain, data, prediction)
-            except Exception as exc:  # a model failure, not the photo's fault: log it, say nothing more
-                log.error("predicting %s failed", name, exc_info=exc)
+            except Exception as exc:
+                refusal = decode_failure(name, exc, in_pillow_only=True)
+                if refusal is not None:  # Pillow gave up on the bytes: the upload's fault
+                    raise refusal from None
+                log.error("predicting %s failed", name, exc_info=exc)  # the model's: log it, say nothing more
                 raise ApiError(500, "internal_error", _INTERNAL_MESSAGE) from None
         if not prediction.ok:
             raise decode_error(name, prediction.error)
@@ -496,7 +409,7 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
             body["explanation"] = explanation
         return JSONResponse(body)
 
-    @app.get("/model")
+    @app.get("/model", dependencies=secured)
     async def model() -> dict[str, Any]:
         """What the model is: classes, taxonomy levels, input size, box head, backend, versions,
         calibration, whether Grad-CAM explanations are available, and the upload limits."""
@@ -504,13 +417,15 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """Liveness: status, whether the model is loaded, uptime and the inference queue."""
+        """Liveness: status, whether the model is loaded, uptime, requests in progress and the
+        inference queue. Needs no API key."""
         return {
             "status": "ok",
             "model_loaded": True,
             "backend": predictor.backend_name,
             "uptime_s": round(time.monotonic() - started, 3),
             "inference": gate.to_dict(),
+            "requests": requests.to_dict(),
             "version": __version__,
         }
 
@@ -520,6 +435,36 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def form_problem(exc: BaseException) -> str | None:
+    """What the multipart parser could not read, when it raised `exc` (Starlette says only "Invalid
+    multipart data."; the parser's own exception, e.g. "Maximum header size exceeded", says why)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause).__module__.startswith(("python_multipart", "multipart")):
+            return (
+                f"the multipart/form-data body cannot be read ({cause}); a part's header, its file "
+                "name included, may be at most 4 KB"
+                if "header" in str(cause).lower()
+                else f"the multipart/form-data body cannot be read ({cause})"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+async def one_file_only(request: Request) -> None:
+    """Refuse (400 `too_many_files`) a form with more than one file part: which one would count is
+    not the client's guess to make (the form is already parsed; this reads FastAPI's copy)."""
+    form = await request.form()
+    parts = [key for key, value in form.multi_items() if isinstance(value, StarletteUploadFile)]
+    if len(parts) > 1:
+        raise UploadError(
+            400,
+            "too_many_files",
+            f"the form has {len(parts)} file parts ({', '.join(repr(key) for key in parts)}); "
+            f"send exactly one photo, in the field '{UPLOAD_FIELD}'",
+        )
 
 
 def create_app(model_path: Path | str, settings: ServeSettings | None = None) -> FastAPI:
@@ -536,54 +481,3 @@ def create_app(model_path: Path | str, settings: ServeSettings | None = None) ->
         log.info("warm-up: %.0f ms", predictor.warmup())
     log.info("serving %s", predictor)
     return build_app(predictor, settings)
-
-
-def app_from_environment() -> FastAPI:
-    """The app for uvicorn worker processes (`--factory`): model and settings from CARID_SERVE_*."""
-    model = os.environ.get(ENV_MODEL)
-    if not model:
-        raise ServeError(f"{ENV_MODEL} is not set: it must name the model to serve")
-    try:
-        settings = ServeSettings.from_dict(json.loads(os.environ.get(ENV_SETTINGS) or "{}"))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ServeError(f"{ENV_SETTINGS}: not a JSON object of serve settings ({exc})") from None
-    return create_app(model, settings)
-
-
-def check_port(host: str, port: int) -> None:
-    """Raise ServeError when `host:port` cannot be listened on (in use, no such address)."""
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ServeError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
-    family, kind, proto, _, address = addresses[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise ServeError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
-            ) from None
-
-
-def run_server(
-    model_path: Path | str, settings: ServeSettings | None = None, say: Callable[[str], None] = print
-) -> None:
-    """Serve until interrupted. With workers > 1 each uvicorn process loads its own copy of the model
-    (after this process has loaded it once, so that a broken model fails here with one message)."""
-    import uvicorn
-
-    settings = settings or ServeSettings()
-    check_port(settings.host, settings.port)
-    app = create_app(model_path, settings)
-    url = f"http://{settings.host}:{settings.port}"
-    say(f"serving {model_path} at {url}/ (API docs at {url}/docs); Ctrl+C stops")
-    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": 5}
-    if settings.workers == 1:
-        uvicorn.run(app, **options)
-        return
-    del app
-    os.environ[ENV_MODEL] = str(Path(model_path).resolve())
-    os.environ[ENV_SETTINGS] = json.dumps(settings.to_dict())
-    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=settings.workers, **options)

@@ -11,6 +11,12 @@ alone (`carid.images.probe_image(decode=False)`), so a 30000 x 30000 PNG of a fe
 is refused before a single row is decoded. Full decoding (and so the detection of a truncated file)
 happens once, in the predictor; the API maps its decode errors to 422.
 
+    decode_failure(name, exc) -> UploadError | None
+        the 4xx for an exception Pillow raised on the upload's bytes (Pillow raises ValueError,
+        SyntaxError, struct.error, EOFError, DecompressionBombError, ... for broken files, and
+        `carid.images` turns only some of them into ImageError); None for any other exception,
+        which is the server's fault (a 500)
+
 `read_limited` reads an upload in chunks and stops as soon as it passes the limit, and
 `BodyLimitMiddleware` caps the whole request body while it streams in (the Content-Length header is
 checked first, but not trusted: a chunked or lying request is cut off at the limit too). Starlette's
@@ -25,14 +31,19 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from PIL import Image
 from starlette.exceptions import HTTPException
 
 from carid.errors import CaridError
-from carid.images import ImageError, probe_image
+from carid.images import PILLOW_ERRORS, ImageError, probe_image
 
 MEGABYTE = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 10 * MEGABYTE
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: larger than any phone's default photo, ~150 MB decoded as RGB
+# Formats whose decoder needs far more memory per pixel than the others: Pillow's WebP decoder holds
+# about 15 bytes per pixel (libwebp's canvas, the frame's bytes, the image), 244 MB at 16 MP
+# (benchmarks/RESULTS.md, "Decoding a big upload"), so WebP uploads stop at 16 MP.
+FORMAT_MAX_PIXELS: dict[str, int] = {"WEBP": 16_000_000}
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and small fields around the file
 READ_CHUNK_BYTES = 256 * 1024
 
@@ -91,7 +102,8 @@ class UploadError(ApiError, ValueError):
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """max_upload_bytes: largest file accepted; max_pixels: largest width x height accepted."""
+    """max_upload_bytes: largest file accepted; max_pixels: largest width x height accepted (lower
+    for the formats of FORMAT_MAX_PIXELS: `pixels_for`)."""
 
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -102,10 +114,15 @@ class UploadLimits:
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
 
+    def pixels_for(self, fmt: str) -> int:
+        """The largest width x height accepted for Pillow format `fmt`."""
+        return min(self.max_pixels, FORMAT_MAX_PIXELS.get(fmt, self.max_pixels))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "max_upload_bytes": self.max_upload_bytes,
             "max_pixels": self.max_pixels,
+            "max_pixels_by_type": {MEDIA_TYPES[fmt]: self.pixels_for(fmt) for fmt in FORMAT_MAX_PIXELS},
             "accepted_media_types": sorted(set(MEDIA_TYPES.values())),
         }
 
@@ -166,6 +183,36 @@ _IMAGE_ERROR_STATUS = {
 }
 
 
+# What Pillow raises for bytes it cannot parse (besides ImageError, which `carid.images` raises).
+DECODE_ERRORS: tuple[type[BaseException], ...] = (*PILLOW_ERRORS, MemoryError, Image.DecompressionBombError)
+_MESSAGE_CHARS = 200
+
+
+def raised_in_pillow(exc: BaseException) -> bool:
+    """True when the exception came out of Pillow's code (a frame of the PIL package raised it or
+    passed it on): the bytes being decoded caused it, not the model or the server."""
+    trace = exc.__traceback__
+    while trace is not None:
+        if str(trace.tb_frame.f_globals.get("__name__", "")).startswith("PIL."):
+            return True
+        trace = trace.tb_next
+    return False
+
+
+def decode_failure(name: str, exc: BaseException, in_pillow_only: bool = False) -> UploadError | None:
+    """The 4xx for an exception raised while Pillow read the upload called `name`: 413 for a
+    decompression bomb or an image too large to hold, 422 otherwise (the message names the file,
+    the exception type and Pillow's reason). None when `exc` is not such an exception (with
+    `in_pillow_only`: also when it was not raised inside Pillow)."""
+    if not isinstance(exc, DECODE_ERRORS) or (in_pillow_only and not raised_in_pillow(exc)):
+        return None
+    reason = " ".join(str(exc).split())[:_MESSAGE_CHARS] or "no reason given"
+    if isinstance(exc, Image.DecompressionBombError | MemoryError):
+        return UploadError(413, "too_many_pixels", f"{name}: the image is too large to decode ({reason})")
+    code = "truncated_image" if "truncated" in reason.lower() else "unreadable_image"
+    return UploadError(422, code, f"{name}: cannot decode the image ({type(exc).__name__}: {reason})")
+
+
 def check_upload(data: bytes, name: str, limits: UploadLimits) -> UploadInfo:
     """Accept or refuse an uploaded file from its bytes: size, magic number, header, pixel count.
 
@@ -191,16 +238,21 @@ def check_upload(data: bytes, name: str, limits: UploadLimits) -> UploadInfo:
                 status, code, f"{name}: the image has too many pixels; the limit is {limits.max_pixels:,}"
             ) from None
         raise UploadError(status, code, f"{name}: {exc.reason}") from None
+    except DECODE_ERRORS as exc:  # Pillow's other errors on a broken header (ValueError, SyntaxError, ...)
+        failure = decode_failure(name, exc)
+        assert failure is not None
+        raise failure from None
     if info.format not in MEDIA_TYPES:
         raise UploadError(
             415, "unsupported_media_type", f"{name}: {info.format} images are not accepted; send {ACCEPTED}"
         )
-    pixels = info.width * info.height
-    if pixels > limits.max_pixels:
+    pixels, limit = info.width * info.height, limits.pixels_for(info.format)
+    if pixels > limit:
+        which = "" if limit == limits.max_pixels else f" for {info.format} images"
         raise UploadError(
             413,
             "too_many_pixels",
-            f"{name}: {info.width}x{info.height} is {pixels:,} pixels; the limit is {limits.max_pixels:,}",
+            f"{name}: {info.width}x{info.height} is {pixels:,} pixels; the limit{which} is {limit:,}",
         )
     if info.width < 1 or info.height < 1:
         raise UploadError(422, "unreadable_image", f"{name}: the image is {info.width}x{info.height} pixels")
@@ -262,7 +314,9 @@ class BodyTooLarge(HTTPException):
     so the app's HTTPException handler turns it into the 413 JSON error (code "file_too_large")."""
 
     def __init__(self, file_limit_bytes: int) -> None:
-        super().__init__(status_code=413, detail=body_too_large(file_limit_bytes))
+        super().__init__(
+            status_code=413, detail=body_too_large(file_limit_bytes), headers={"Connection": "close"}
+        )
 
 
 class BodyLimitMiddleware:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carid.data.readers import DatasetError, detect_format
+from carid.data.readers import DatasetError, detect_format, read_dataset
 from carid.data.readers.csvboxes import read_csv_boxes, sniff_csv_boxes
 from carid.data.samples import Severity
 from tests.conftest import shared_dataset, write_image
@@ -77,12 +77,34 @@ def test_label_column_and_split_from_name(tmp_path: Path) -> None:
 def test_missing_column_is_a_dataset_error(tmp_path: Path) -> None:
     csv_file = tmp_path / "boxes.csv"
     csv_file.write_text("image_id,xmin,ymin,xmax\nf1.jpg,1,2,3\n", encoding="utf-8")
-    assert sniff_csv_boxes(tmp_path) == 0
+    assert sniff_csv_boxes(tmp_path) == 2, (
+        "meant as a box CSV: claimed, so that reading it says what is missing"
+    )
     with pytest.raises(DatasetError) as error:
         read_csv_boxes(csv_file)
     assert str(csv_file) in str(error.value) and "ymax" in str(error.value)
     with pytest.raises(DatasetError, match=r"boxes\.csv lacks ymax"):
         read_csv_boxes(tmp_path)
+
+
+def test_a_box_csv_missing_a_column_is_not_read_as_a_folder_dataset(tmp_path: Path) -> None:
+    root = make_frames(tmp_path / "frames", rows="image_id,xmin,ymin,xmax\nf1.jpg,1,2,3\n")
+    assert sniff_csv_boxes(root) == 2 and detect_format(root) == "csv-boxes", "not a folder dataset"
+    with pytest.raises(DatasetError, match=r"boxes\.csv lacks ymax"):
+        read_dataset(root)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "list.csv").write_text("filename,comment\na.jpg,nice\n", encoding="utf-8")
+    assert sniff_csv_boxes(tmp_path / "notes") == 0, "a CSV with no box column is no box CSV"
+
+
+def test_an_incomplete_csv_beside_a_complete_one_is_an_error_naming_it(tmp_path: Path) -> None:
+    root = make_frames(tmp_path)
+    (root / "val.csv").write_text("image_id,xmin,ymin\nf7.jpg,1,2\n", encoding="utf-8")
+    table = read_csv_boxes(root)
+    assert len(table) == 4
+    bad = [p for p in table.problems if p.kind == "bad_csv"]
+    assert [(p.source, p.severity) for p in bad] == [("val.csv", Severity.ERROR)]
+    assert "xmax, ymax" in bad[0].message
 
 
 @pytest.mark.shared_data

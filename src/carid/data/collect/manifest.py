@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from carid.data.samples import Problem, Severity
+from carid.data.text import console_text
 from carid.errors import CaridError
 
 try:  # POSIX only; elsewhere the manifest simply is not locked
@@ -392,7 +393,7 @@ class CollectSummary:
         """Outcome counts, a per-label table and the input problems, on a rich Console."""
         from rich.table import Table
 
-        outcomes = Table(title=f"Collection: {self.out_dir}", title_justify="left")
+        outcomes = Table(title=f"Collection: {console_text(self.out_dir)}", title_justify="left")
         outcomes.add_column("outcome")
         outcomes.add_column("URLs", justify="right")
         outcomes.add_column("this run", justify="right")
@@ -406,8 +407,8 @@ class CollectSummary:
         for label, counts in sorted(self.labels.items()):
             failed = sum(n for name, n in counts.items() if name not in SUCCESS and name != PENDING)
             per_label.add_row(
-                label,
-                self.folders.get(label, ""),
+                console_text(label),
+                console_text(self.folders.get(label, "")),
                 str(counts.get(Outcome.OK, 0)),
                 str(counts.get(Outcome.DUPLICATE, 0)),
                 str(failed),
@@ -415,7 +416,10 @@ class CollectSummary:
             )
         console.print(per_label)
         for problem in self.problems[:max_problems]:
-            console.print(f"[yellow]{problem.severity}[/] {problem.kind}: {problem}", highlight=False)
+            console.print(
+                f"[yellow]{problem.severity}[/] {console_text(problem.kind)}: {console_text(problem)}",
+                highlight=False,
+            )
         if len(self.problems) > max_problems:
             console.print(f"... and {len(self.problems) - max_problems} more input problems (summary.json)")
         state = "[red]interrupted[/] " if self.interrupted else ""
@@ -425,7 +429,7 @@ class CollectSummary:
             f"skipped {self.skipped} settled earlier; {self.seconds:.1f} s",
             highlight=False,
         )
-        console.print(f"manifest: {self.manifest}", highlight=False)
+        console.print(f"manifest: {console_text(self.manifest)}", highlight=False)
 
 
 def count_outcomes(

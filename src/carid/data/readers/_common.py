@@ -1,5 +1,6 @@
 """What the dataset readers share: box sanity checks, the image label of a multi-object image,
-one-pass folder listings, paths relative to the dataset root and the split folder names.
+one-pass folder listings (that never raise: unreadable folders, link loops and entries that are not
+regular files become problems), paths relative to the dataset root and the split folder names.
 
 Private to `carid.data.readers`: each reader module imports what it needs from here, and the
 tests of these helpers live in ``tests/data/readers/test_common.py``.
@@ -8,7 +9,6 @@ tests of these helpers live in ``tests/data/readers/test_common.py``.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from carid import boxes as box_ops
+from carid.data.listing import Skipped, scan_folder
 from carid.data.samples import Problem, Severity
 from carid.images import is_image_file
 
@@ -35,24 +36,50 @@ def relative_path(path: Path, root: Path) -> str:
         return str(path)
 
 
-def list_files(folder: Path) -> dict[str, Path]:
-    """File name -> path for the regular files directly in `folder` (one listing, no stat per file)."""
+# Severity of each kind of skipped entry (`carid.data.listing`): a folder that cannot be listed
+# loses data; a link loop or a FIFO holds none.
+SKIPPED_SEVERITY = {
+    "unreadable_folder": Severity.ERROR,
+    "unreadable_entry": Severity.ERROR,
+    "symlink_loop": Severity.WARNING,
+    "not_a_regular_file": Severity.WARNING,
+}
+
+
+def skipped_problem(skipped: Skipped, root: Path) -> Problem:
+    """The problem of an entry a listing skipped, named by its path relative to `root`."""
+    is_file = skipped.kind in ("not_a_regular_file", "unreadable_entry")
+    return Problem(
+        skipped.kind,
+        f"{skipped.reason}; skipped",
+        relative_path(skipped.path, root),
+        SKIPPED_SEVERITY.get(skipped.kind, Severity.WARNING),
+        str(skipped.path) if is_file else None,
+    )
+
+
+def list_files(
+    folder: Path, problems: list[Problem] | None = None, root: Path | None = None
+) -> dict[str, Path]:
+    """File name -> path for the regular files directly in `folder` (one listing, no stat per file).
+
+    problems: when given, what could not be listed (the folder itself, link loops, FIFOs, ...) is
+        appended to it, named relative to `root` (default `folder`). Never raises.
+    """
     if not folder.is_dir():
         return {}
-    with os.scandir(folder) as entries:
-        return {
-            entry.name: Path(entry.path)
-            for entry in entries
-            if entry.is_file() and not entry.name.startswith(".")
-        }
+    listing = scan_folder(folder)
+    if problems is not None:
+        problems.extend(skipped_problem(item, root or folder) for item in listing.skipped)
+    return {file.name: file for file in listing.files}
 
 
 def list_subfolders(folder: Path) -> list[Path]:
-    """The folders directly in `folder`, sorted, hidden ones left out; [] when it is not a folder."""
+    """The folders directly in `folder`, sorted, hidden ones left out; [] when it is not a folder
+    or cannot be listed."""
     if not folder.is_dir():
         return []
-    with os.scandir(folder) as entries:
-        return sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
+    return scan_folder(folder).folders
 
 
 def non_image_file(file: Path, root: Path, place: str) -> Problem:
@@ -77,10 +104,11 @@ def list_images(
     """File name -> path for the image files directly in `folder`, sorted by name.
 
     Every other file gets a `non_image_file` problem (appended to `problems`), except those
-    `skip` accepts (the dataset's own annotation files when they sit among the images).
+    `skip` accepts (the dataset's own annotation files when they sit among the images); so does
+    every entry that is not a regular file, and the folder itself when it cannot be listed.
     """
     images: dict[str, Path] = {}
-    for name, file in sorted(list_files(folder).items()):
+    for name, file in sorted(list_files(folder, problems, root).items()):
         if skip is not None and skip(file):
             continue
         if is_image_file(file):

@@ -49,21 +49,55 @@ def _missing_columns(header: list[str]) -> list[str]:
     return missing + [name for name in BOX_COLUMNS if name not in header]
 
 
-def _box_csvs(path: Path) -> list[Path]:
+def _meant_as_box_csv(header: list[str]) -> bool:
+    """A header with two box columns, or an image column and one: a box CSV, complete or not."""
+    boxes = sum(name in header for name in BOX_COLUMNS)
+    return boxes >= 2 or (boxes >= 1 and any(name in header for name in IMAGE_COLUMNS))
+
+
+def _all_csvs(path: Path) -> list[Path]:
+    """`path` when it is a CSV file, the CSV files directly in it when it is a folder, sorted."""
     if path.is_file():
-        return [path] if path.suffix.lower() == ".csv" and not _missing_columns(csv_header(path)) else []
-    if not path.is_dir():
-        return []
-    return sorted(
+        return [path] if path.suffix.lower() == ".csv" else []
+    return sorted(file for name, file in list_files(path).items() if name.lower().endswith(".csv"))
+
+
+def _box_csvs(path: Path) -> list[Path]:
+    return [file for file in _all_csvs(path) if not _missing_columns(csv_header(file))]
+
+
+def _incomplete_box_csvs(path: Path) -> list[Path]:
+    """The CSVs meant as box CSVs that miss a column."""
+    return [
         file
-        for name, file in list_files(path).items()
-        if name.lower().endswith(".csv") and not _missing_columns(csv_header(file))
-    )
+        for file in _all_csvs(path)
+        if _missing_columns(header := csv_header(file)) and _meant_as_box_csv(header)
+    ]
 
 
 def sniff_csv_boxes(path: Path) -> int:
-    """2 for a CSV with image_id,xmin,ymin,xmax,ymax columns, or a folder holding one."""
-    return 2 if _box_csvs(Path(path)) else 0
+    """2 for a CSV with image_id,xmin,ymin,xmax,ymax columns, or a folder holding one; 2 also for a
+    CSV meant as one that misses a column, so that reading it says which (rather than the folder
+    being taken for a class-per-folder tree)."""
+    path = Path(path)
+    return 2 if _box_csvs(path) or _incomplete_box_csvs(path) else 0
+
+
+def _incomplete_problems(path: Path, files: list[Path], root: Path) -> list[Problem]:
+    """ERROR ``bad_csv`` for each CSV in the folder meant as a box CSV but missing a column."""
+    if not path.is_dir():
+        return []
+    return [
+        Problem(
+            "bad_csv",
+            f"missing column(s) {', '.join(_missing_columns(csv_header(file)))}; a box CSV needs "
+            f"image_id,{','.join(BOX_COLUMNS)} (optional label); not read",
+            relative_path(file, root),
+            Severity.ERROR,
+        )
+        for file in _incomplete_box_csvs(path)
+        if file not in files
+    ]
 
 
 @dataclass
@@ -90,9 +124,7 @@ def _csv_files(path: Path) -> list[Path]:
     files = _box_csvs(path)
     if files:
         return files
-    others = (
-        sorted(f for n, f in list_files(path).items() if n.lower().endswith(".csv")) if path.is_dir() else []
-    )
+    others = _all_csvs(path) if path.is_dir() else []
     if others:
         details = "; ".join(f"{f.name} lacks {', '.join(_missing_columns(csv_header(f)))}" for f in others)
         raise DatasetError(f"{path}: no box CSV with image_id,{','.join(BOX_COLUMNS)} columns ({details})")
@@ -180,7 +212,7 @@ def read_csv_boxes(path: Path, *, box_label: str = DEFAULT_BOX_LABEL) -> SampleT
     files = _csv_files(path)
     root = files[0].parent
     image_folder = root / "images" if (root / "images").is_dir() else root
-    problems: list[Problem] = []
+    problems = _incomplete_problems(path, files, root)
     images = list_images(
         image_folder,
         root,

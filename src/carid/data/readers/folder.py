@@ -9,7 +9,11 @@ non-image files in class folders (WARNING ``non_image_file``), empty class folde
 ``empty_class_folder``), images outside any class folder (WARNING ``image_outside_class_folder``),
 other files at the top (INFO ``non_image_file``), and, in a split layout, top folders that are
 not splits (WARNING ``unexpected_folder``). Hidden files and folders (".DS_Store", ".git") are not
-data and are passed over without a word.
+data and are passed over without a word. No entry stops the reading (`carid.data.listing`): a
+folder that cannot be listed is an ERROR ``unreadable_folder``; a link loop (to itself, or back to
+a folder already read, which is read once) a WARNING ``symlink_loop``; a FIFO, socket, device or
+dangling link a WARNING ``not_a_regular_file``, never opened. A class name is text: bytes of a
+folder name that are not UTF-8 are shown as \\xNN in it (`carid.data.text.file_text`).
 
 `sniff` answers 1 (plausible) when sub-folders hold images, never 2: any format with its own
 marker files wins over a plain folder tree.
@@ -17,38 +21,34 @@ marker files wins over a plain folder tree.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from carid.data.readers._common import SPLIT_NAMES, relative_path
+from carid.data.listing import FolderListing, folder_identity, scan_folder, walk_files
+from carid.data.readers._common import SPLIT_NAMES, relative_path, skipped_problem
 from carid.data.readers._registry import DatasetError, register_reader
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.data.text import file_text
 from carid.images import is_image_file
 
 FORMAT = "folder"
 SNIFF_FOLDER_LIMIT = 20  # folders looked into by `sniff` before giving up
 
 
-def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(sub-folders, files) directly in `folder`, sorted, hidden ones left out."""
-    folders: list[Path] = []
-    files: list[Path] = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            (folders if entry.is_dir() else files).append(Path(entry.path))
-    return sorted(folders), sorted(files)
+def _entries(folder: Path, root: Path | None = None, problems: list[Problem] | None = None) -> FolderListing:
+    """Sub-folders and regular files directly in `folder`, sorted, hidden ones left out; what
+    cannot be used goes to `problems` (named relative to `root`) when given."""
+    listing = scan_folder(folder)
+    if problems is not None and root is not None:
+        problems.extend(skipped_problem(item, root) for item in listing.skipped)
+    return listing
 
 
 def _holds_image(folder: Path) -> bool:
-    with os.scandir(folder) as entries:
-        return any(entry.is_file() and is_image_file(Path(entry.name)) for entry in entries)
+    return any(is_image_file(file) for file in scan_folder(folder).files)
 
 
 def _split_folders(root: Path) -> list[Path]:
-    folders, _ = _entries(root)
-    return [f for f in folders if f.name.lower() in SPLIT_NAMES and _entries(f)[0]]
+    return [f for f in _entries(root).folders if f.name.lower() in SPLIT_NAMES and _entries(f).folders]
 
 
 def sniff_folder(path: Path) -> int:
@@ -59,38 +59,50 @@ def sniff_folder(path: Path) -> int:
     splits = _split_folders(path)
     tops = splits or [path]
     for top in tops:
-        class_folders, _ = _entries(top)
+        class_folders = _entries(top).folders
         if any(_holds_image(folder) for folder in class_folders[:SNIFF_FOLDER_LIMIT]):
             return 1
     return 0
 
 
 def _read_class_folder(
-    folder: Path, root: Path, label: str, split: str | None, samples: list[Sample], problems: list[Problem]
-) -> int:
-    """Append the images under `folder` (recursively) as samples; returns how many."""
+    folder: Path,
+    root: Path,
+    split: str | None,
+    samples: list[Sample],
+    problems: list[Problem],
+    seen: dict[tuple[int, int], Path],
+) -> None:
+    """Append the images under `folder` (recursively) as samples, labelled with the folder's name;
+    WARNING ``empty_class_folder`` when it holds none (and could be listed)."""
+    label = file_text(folder.name)
+    listing = walk_files(folder, seen=seen)
+    problems.extend(skipped_problem(item, root) for item in listing.skipped)
     count = 0
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        subfolders, files = _entries(current)
-        stack.extend(reversed(subfolders))
-        for file in files:
-            relative = relative_path(file, root)
-            if not is_image_file(file):
-                problems.append(
-                    Problem(
-                        "non_image_file",
-                        f"{file.suffix or 'extensionless'} file in class folder {label!r}, skipped",
-                        relative,
-                        Severity.WARNING,
-                        str(file),
-                    )
+    for file in listing.files:
+        relative = relative_path(file, root)
+        if not is_image_file(file):
+            problems.append(
+                Problem(
+                    "non_image_file",
+                    f"{file.suffix or 'extensionless'} file in class folder {label!r}, skipped",
+                    relative,
+                    Severity.WARNING,
+                    str(file),
                 )
-                continue
-            samples.append(Sample(file, label, split=split, source=relative))
-            count += 1
-    return count
+            )
+            continue
+        samples.append(Sample(file, label, split=split, source=relative))
+        count += 1
+    if count == 0 and listing.complete and not any(item.path == folder for item in listing.skipped):
+        problems.append(
+            Problem(
+                "empty_class_folder",
+                f"class folder {label!r} holds no image",
+                relative_path(folder, root),
+                Severity.WARNING,
+            )
+        )
 
 
 def _report_loose_files(files: list[Path], root: Path, problems: list[Problem]) -> None:
@@ -126,11 +138,13 @@ def read_folder(path: Path) -> SampleTable:
         raise DatasetError(f"{path}: not a folder; a class-per-folder dataset is a folder of class folders")
     problems: list[Problem] = []
     samples: list[Sample] = []
-    top_folders, top_files = _entries(root)
+    top = _entries(root, root, problems)
+    if not top.complete:
+        raise DatasetError(f"{root}: {top.skipped[0].reason}")
     splits = _split_folders(root)
-    _report_loose_files(top_files, root, problems)
+    _report_loose_files(top.files, root, problems)
     if splits:
-        for folder in top_folders:
+        for folder in top.folders:
             if folder not in splits:
                 problems.append(
                     Problem(
@@ -144,20 +158,21 @@ def read_folder(path: Path) -> SampleTable:
         layout = [(SPLIT_NAMES[folder.name.lower()], folder) for folder in splits]
     else:
         layout = [(None, root)]
-    for split, top in layout:
-        class_folders, loose = _entries(top)
-        if top != root:
-            _report_loose_files(loose, root, problems)
-        for folder in class_folders:
-            if _read_class_folder(folder, root, folder.name, split, samples, problems) == 0:
-                problems.append(
-                    Problem(
-                        "empty_class_folder",
-                        f"class folder {folder.name!r} holds no image",
-                        relative_path(folder, root),
-                        Severity.WARNING,
-                    )
-                )
+    listings = [
+        (split, top if folder == root else _entries(folder, root, problems)) for split, folder in layout
+    ]
+    # Each real folder is read once, as itself: a link to the root, a split or a class folder
+    # from inside a class folder is a loop (reported), not a second copy under another label.
+    seen: dict[tuple[int, int], Path] = {}
+    for folder in [root, *splits, *(f for _, listing in listings for f in listing.folders)]:
+        identity = folder_identity(folder)
+        if identity is not None:
+            seen.setdefault(identity, folder)
+    for (split, listing), (_, top_folder) in zip(listings, layout, strict=True):
+        if top_folder != root:
+            _report_loose_files(listing.files, root, problems)
+        for folder in listing.folders:
+            _read_class_folder(folder, root, split, samples, problems, seen)
     if not samples:
         raise DatasetError(f"{root}: no images in class folders (expected root/<class>/*.jpg)")
     classes = sorted({sample.label for sample in samples if sample.label is not None})

@@ -1,6 +1,8 @@
 // The carid web page: upload or drop a photo, POST it to /predict, show the answer.
 // Plain JavaScript, no build step, nothing loaded from elsewhere. The box comes back in the
 // photo's own pixels (xyxy, EXIF orientation applied) and is scaled to the displayed image.
+// A server started with an API key answers 401 until the page sends the key: the page then asks
+// for it and sends it in X-API-Key. The key stays in this page's memory only (never stored).
 "use strict";
 
 const TOP_K = 5;
@@ -13,7 +15,21 @@ const state = {
   result: null, // the /predict answer for `file`
   explanation: null, // the Grad-CAM part of an answer with explain=true
   request: 0, // increases per upload; late answers for an older photo are dropped
+  apiKey: "", // typed by the user when the server asks for one
 };
+
+function keyHeaders() {
+  return state.apiKey ? { "X-API-Key": state.apiKey } : {};
+}
+
+// Ask for the key (401): `message` says why (no key yet, or the key was wrong).
+function askForKey(message) {
+  $("key-form").hidden = false;
+  const error = $("key-error");
+  error.textContent = message;
+  error.hidden = !message;
+  $("key-input").focus();
+}
 
 function percent(probability) {
   return `${(probability * 100).toFixed(1)}%`;
@@ -39,10 +55,16 @@ function explainAvailable() {
 
 async function loadModel() {
   try {
-    const response = await fetch("/model");
+    const response = await fetch("/model", { headers: keyHeaders() });
+    if (response.status === 401) {
+      $("model-summary").textContent = "This server needs an API key.";
+      askForKey(state.apiKey ? "The server did not accept this key." : "");
+      return;
+    }
     if (!response.ok) throw new Error(`status ${response.status}`);
     const model = await response.json();
     state.model = model;
+    $("key-form").hidden = true;
     const parts = [
       `${model.num_classes} classes`,
       model.with_box ? "finds the car's box" : "no box",
@@ -64,7 +86,7 @@ async function postPhoto(file, explain) {
   form.append("file", file, file.name || "photo");
   const query = new URLSearchParams({ top_k: String(TOP_K) });
   if (explain) query.set("explain", "true");
-  const response = await fetch(`/predict?${query}`, { method: "POST", body: form });
+  const response = await fetch(`/predict?${query}`, { method: "POST", body: form, headers: keyHeaders() });
   let body = null;
   try {
     body = await response.json();
@@ -73,6 +95,7 @@ async function postPhoto(file, explain) {
   }
   if (!response.ok) {
     const message = body && body.error ? body.error.message : `the server answered ${response.status}`;
+    if (response.status === 401) askForKey(message);
     throw new Error(message);
   }
   return body;
@@ -250,7 +273,15 @@ function setUpDropZone() {
   for (const type of ["dragover", "drop"]) window.addEventListener(type, (event) => event.preventDefault());
 }
 
+function onKeySubmit(event) {
+  event.preventDefault();
+  state.apiKey = $("key-input").value.trim();
+  $("key-error").hidden = true;
+  loadModel();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $("key-form").addEventListener("submit", onKeySubmit);
   $("file-input").addEventListener("change", (event) => {
     handleFile(event.target.files[0]);
     event.target.value = ""; // choosing the same file again still triggers a change

@@ -1,0 +1,65 @@
+"""The hostile corpus laid out on disk for the commands that read folders (`carid predict`,
+`carid data check`), with the entries no upload can carry: a FIFO named like a photo, a file name
+that is not UTF-8, a link loop, names holding rich markup and terminal control characters.
+
+    lay_out(folder) -> Layout: every case of `tests.hostile.corpus` written to `folder`, plus
+        some fuzzed files and the bad entries; `Layout` says what each file is
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carid.images import is_image_file
+from tests.data.bad_entries import UNDECODABLE_SHOWN, fifo, undecodable_file
+from tests.hostile.corpus import HostileCase, hostile_cases, mutations, write_cases
+
+FUZZED = 45  # mutated files added to the corpus (every format five times)
+# File names a terminal or rich would obey if they were printed as they are.
+HOSTILE_NAMES = ("[bold red]BIG.jpg", "esc\x1b[31mred.jpg", "new\nline.jpg", "bell\x07\u202egpj.jpg")
+
+
+@dataclass
+class Layout:
+    """What `lay_out` wrote. cases: each corpus file and its case; good: files that are valid
+    photos (under a hostile name); pipe: the FIFO; loop: the link to itself; undecodable: the file
+    whose name is not UTF-8 (a valid photo), shown as `shown_undecodable` in reports."""
+
+    folder: Path
+    cases: dict[Path, HostileCase] = field(default_factory=dict)
+    good: list[Path] = field(default_factory=list)
+    pipe: Path | None = None
+    loop: Path | None = None
+    undecodable: Path | None = None
+
+    @property
+    def shown_undecodable(self) -> str:
+        assert self.undecodable is not None
+        return str(self.undecodable.parent / UNDECODABLE_SHOWN)
+
+    def image_named(self) -> list[Path]:
+        """The corpus files with an image suffix (what a folder search finds), sorted."""
+        return sorted(path for path in self.cases if is_image_file(path))
+
+    def other_named(self) -> list[Path]:
+        """The corpus files without an image suffix (.pdf, .svg, .exe, ...), sorted."""
+        return sorted(path for path in self.cases if not is_image_file(path))
+
+
+def lay_out(folder: Path) -> Layout:
+    layout = Layout(folder)
+    cases = [*hostile_cases(), *mutations(FUZZED)]
+    for path, case in zip(write_cases(folder, cases), cases, strict=True):
+        layout.cases[path] = case
+    photo = next(path for path, case in layout.cases.items() if case.name == "content_type_garbage")
+    for name in HOSTILE_NAMES:
+        target = folder / name
+        target.write_bytes(photo.read_bytes())
+        layout.good.append(target)
+    layout.undecodable = undecodable_file(folder, photo.read_bytes())
+    layout.pipe = fifo(folder / "pipe.jpg")
+    layout.loop = folder / "loop.jpg"
+    os.symlink(layout.loop, layout.loop)
+    return layout
