@@ -6,10 +6,8 @@ the inference and slim-install tests import them.
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from carid.export import (
 from carid.runtime.backends import OnnxBackend, TorchBackend, file_sha256
 from carid.training.fit import train
 from tests.conftest import write_image
-from tests.test_files import hidden_leftovers, run_killed
+from tests.test_files import hidden_leftovers, killed_at_every_point
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 
 _BUILT: dict[str, Path] = {}
@@ -246,13 +244,8 @@ def test_a_kill_at_any_point_of_export_leaves_a_bundle_that_loads(
     enroll(out, "Lada Niva", [photo])
     arguments = ["export", str(tiny_run), "--out", str(out), "--force", "--parity-images", "0"]
     operations: list[str] = []  # what each killed run was killed before
-    for point in itertools.count(1):
-        killed = run_killed(arguments, point, watch=parent)
-        if killed.returncode == 0:
-            break
-        assert killed.returncode == -signal.SIGKILL, f"point {point}: {killed.stderr}"
-        operations.append(killed.stderr.strip().splitlines()[-1])
-        where = f"point {point}, {operations[-1]}"
+    for where in killed_at_every_point(arguments, parent):
+        operations.append(where)
         predictor = Predictor.load(out)
         enrolled = predictor.class_names[predictor.trained_classes :]
         assert enrolled in (("Lada Niva",), ()), f"{where}: {enrolled}"

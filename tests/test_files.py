@@ -8,11 +8,14 @@ watched folder.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +82,21 @@ def run_killed(arguments: list[str], point: int, watch: Path) -> subprocess.Comp
         timeout=600,
         env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
     )
+
+
+def killed_at_every_point(
+    arguments: list[str], watch: Path, before_each: Callable[[], object] = lambda: None
+) -> Iterator[str]:
+    """Run `carid ARGUMENTS` killed before its 1st, 2nd, ... file operation inside `watch` (calling
+    `before_each` first each time) until a run completes; yields, after each kill, the operation it
+    was killed before (the last line of its stderr), for the caller to check the state it left."""
+    for point in itertools.count(1):
+        before_each()
+        killed = run_killed(arguments, point, watch=watch)
+        if killed.returncode == 0:
+            return
+        assert killed.returncode == -signal.SIGKILL, f"point {point}: {killed.stderr}"
+        yield f"point {point}, {killed.stderr.strip().splitlines()[-1]}"
 
 
 def hidden_leftovers(folder: Path) -> list[str]:

@@ -3,10 +3,8 @@ tests/test_export.py), through the Predictor, the CLI and the REST API."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
-import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from carid.serve.api import ServeSettings, build_app
 from carid.taxonomy import Taxonomy
 from tests.conftest import write_image
 from tests.test_export import tiny_bundle_dir
-from tests.test_files import hidden_leftovers, run_killed
+from tests.test_files import hidden_leftovers, killed_at_every_point
 
 NEW = "Hyundai Creta 2021"
 
@@ -235,16 +233,14 @@ def test_a_kill_at_any_point_of_enroll_leaves_the_old_or_the_new_classes(
     shutil.copytree(bundle, start)
     probe = photos(tmp_path / "probe", 1, seed=50)[0]
     runner = CliRunner()
-    operations: list[str] = []  # what each killed run was killed before
-    for point in itertools.count(1):
+
+    def restart() -> None:
         shutil.rmtree(bundle)
         shutil.copytree(start, bundle)
-        killed = run_killed(["enroll", str(bundle), *arguments], point, watch=bundle)
-        if killed.returncode == 0:
-            break
-        assert killed.returncode == -signal.SIGKILL, f"point {point}: {killed.stderr}"
-        operations.append(killed.stderr.strip().splitlines()[-1])
-        where = f"point {point}, {operations[-1]}"
+
+    operations: list[str] = []  # what each killed run was killed before
+    for where in killed_at_every_point(["enroll", str(bundle), *arguments], bundle, restart):
+        operations.append(where)
         predictor = Predictor.load(bundle)
         enrolled = predictor.class_names[predictor.trained_classes :]
         assert enrolled in (old, new), f"{where}: {enrolled}"

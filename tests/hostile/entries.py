@@ -9,6 +9,8 @@ that is not UTF-8, a link loop, names holding rich markup and terminal control c
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,3 +65,22 @@ def lay_out(folder: Path) -> Layout:
     layout.loop = folder / "loop.jpg"
     os.symlink(layout.loop, layout.loop)
     return layout
+
+
+DEADLINE_S = 600  # a few seconds of work; the machine may be busy with a training run
+
+
+def run_carid_cleanly(arguments: list[str], cwd: Path) -> str:
+    """Run `carid ARGUMENTS` in a subprocess with a deadline, as a user would, and check that it
+    exits 0 with no traceback, no flood of Pillow warnings and no control character it was given
+    printed raw; returns its stdout."""
+    command = [sys.executable, "-m", "carid", *arguments]
+    env = {**os.environ, "COLUMNS": "300", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run(command, capture_output=True, timeout=DEADLINE_S, env=env, cwd=cwd)
+    stdout = done.stdout.decode("utf-8")
+    stderr = done.stderr.decode("utf-8")
+    assert done.returncode == 0, stderr
+    assert "Traceback" not in stderr and "Traceback" not in stdout
+    assert "Warning" not in stderr, "no flood of Pillow warnings about odd files"
+    assert "\x1b" not in stdout and "\x07" not in stdout, "names are shown, never obeyed"
+    return stdout

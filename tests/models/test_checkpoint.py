@@ -12,21 +12,13 @@ from carid.config import ModelConfig
 from carid.models.checkpoint import load_for_inference
 from carid.models.network import build_network
 from carid.preprocess import PreprocessSpec
-
-TINY = ModelConfig(
-    backbone="carid_vgg",
-    pretrained="none",
-    backbone_args={"widths": [8, 16], "blocks_per_stage": 1, "batch_norm": True},
-    image_size=32,
-    box_hidden=16,
-    dropout=0.0,
-)
+from tests.training.helpers import TINY_MODEL
 
 
 @pytest.mark.parametrize("box_input", ["map", "pooled", "cells"])
 def test_a_saved_network_loads_and_predicts_identically(box_input: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    config = ModelConfig(**{**TINY.__dict__, "box_input": box_input})
+    config = ModelConfig(**{**TINY_MODEL.__dict__, "box_input": box_input})
     network = build_network(config, num_classes=3, with_box=True).eval()
     metadata = ModelMetadata(
         class_names=("a", "b", "c"),
