@@ -42,6 +42,9 @@ class DataConfig:
         and carve validation out of its training part.
     label_level: what the model learns: the dataset's classes, or a taxonomy level derived from the
         Stanford-style class names (make, body_type, year).
+    exclude: image files kept out of every split, as shell patterns matched against the file name
+        and the path relative to the dataset folder (e.g. "0453?.jpg" keeps the crops of the ten
+        uncropped devkit photos out of training, validation and test).
     """
 
     __pydantic_config__ = STRICT
@@ -54,6 +57,7 @@ class DataConfig:
     seed: int = 42
     use_format_split: bool = True
     label_level: Literal["class", "make", "body_type", "year"] = "class"
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@ problems and split.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +20,10 @@ from carid.config import CheckConfig, DataConfig
 from carid.data.check_report import CheckReport
 from carid.data.checks import run_checks
 from carid.data.readers import read_dataset
-from carid.data.samples import SampleTable
+from carid.data.samples import Sample, SampleTable
 from carid.data.split import group_ids_by_path, save_split, split_from_config, split_summary
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,7 +53,7 @@ def inspect_dataset(
     """Read -> check -> (split, saved as `out_dir/split.csv`) -> JSON report in out_dir."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    raw = read_dataset(path, data.format)
+    raw = excluded(read_dataset(path, data.format), data.exclude)
     seconds["read"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -76,6 +82,22 @@ def inspect_dataset(
             )
             inspection.paths["split"] = split_path
     return inspection
+
+
+def excluded(table: SampleTable, patterns: Sequence[str]) -> SampleTable:
+    """The table without the samples whose file matches one of `patterns` (`data.exclude`)."""
+    if not patterns:
+        return table
+
+    def matches(sample: Sample) -> bool:
+        names = [sample.path.name]
+        with contextlib.suppress(ValueError):
+            names.append(sample.path.relative_to(table.root).as_posix())
+        return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in patterns)
+
+    kept = [sample for sample in table.samples if not matches(sample)]
+    log.info("data.exclude: %d of %d samples left out", len(table.samples) - len(kept), len(table.samples))
+    return table.with_samples(kept)
 
 
 def splits_of_all(inspection: Inspection) -> list[str | None]:
