@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "training": 5,
     "evaluation": 6,
     "export": 7,
+    "export_detector": 8,  # builds on export (its parity machinery); cli uses it
     "serve": 8,
     "pipeline": 8,
     "cli": 9,

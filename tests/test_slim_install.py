@@ -3,8 +3,10 @@
 A fresh virtualenv gets `pip install <copy of the project>` (non-editable, base dependencies only,
 from PyPI or pip's cache), then `import torch` must fail while `carid --help`, `carid predict --help`
 and `carid predict BUNDLE photo... --out p.json` work and give the same top-1 classes as the torch
-backend in this process. The project is copied first (pyproject.toml, README.md, src/) so that the
-build writes nothing into the checkout.
+backend in this process; a car detector bundle (`carid.runtime.detection`) finds the same boxes as
+here, and a pipeline (a detector trained on drawn boxes + the classifier) writes the same row per
+car. The project is copied first (pyproject.toml, README.md, src/) so that the build writes nothing
+into the checkout.
 
 Takes about a minute (measured: 56 s for venv + install with a cold pip cache), so it is opt-in:
     CARID_SLIM_TEST=1 .venv/bin/python -m pytest tests/test_slim_install.py -p no:xdist
@@ -12,6 +14,7 @@ Takes about a minute (measured: 56 s for venv + install with a cold pip cache), 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -19,8 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from carid.runtime.detection import Detector
 from carid.runtime.predictor import Predictor
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -53,6 +58,7 @@ def _copy_project(target: Path) -> Path:
 def test_slim_install_predicts_without_torch(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
+    from tests.runtime.test_detection import write_fake_detector
     from tests.test_export import tiny_bundle_dir, tiny_run_dir
 
     bundle = tiny_bundle_dir(tmp_path_factory)
@@ -74,11 +80,43 @@ def test_slim_install_predicts_without_torch(
         [
             str(python),
             "-c",
-            "import carid.runtime.predictor, carid.artifacts.bundle, carid.runtime.predict_io, carid.cli",
+            "import carid.runtime.predictor, carid.artifacts.bundle, carid.runtime.predict_io, carid.cli, "
+            "carid.runtime.detection, carid.artifacts.detector",
         ],
         timeout=60,
     )
     assert imports.returncode == 0, imports.stderr
+
+    # The car detector runs too: a detector bundle (the fake graph of tests/runtime/test_detection.py)
+    # finds the same boxes on a photo as in this process, and nothing imported torch.
+    detector = write_fake_detector(tmp_path / "detector", [[20, 10, 40, 30], [60, 20, 90, 50]], [0.9, 0.7])
+    frame = np.zeros((128, 192, 3), dtype=np.uint8)
+    script = (
+        "import json, sys; import numpy as np; from carid.runtime.detection import Detector; "
+        "found = Detector.load(sys.argv[1]).detect(np.zeros((128, 192, 3), dtype=np.uint8)); "
+        "assert 'torch' not in sys.modules; print(json.dumps([d.to_dict() for d in found]))"
+    )
+    detected = _run([str(python), "-c", script, str(detector)], timeout=60)
+    assert detected.returncode == 0, detected.stderr
+    assert json.loads(detected.stdout) == [d.to_dict() for d in Detector.load(detector).detect(frame)] != []
+
+    # A pipeline (a detector trained on drawn boxes + the classifier bundle) answers every car
+    # without torch: one CSV row per car, the same boxes and names as in this process.
+    from tests.runtime.test_pipeline import tiny_pipeline_dir
+
+    pipeline = tiny_pipeline_dir(tmp_path_factory)
+    frames = sorted((pipeline.parent / "frames" / "images").glob("*.png"))[:4]
+    cars = [car for answer in Predictor.load(pipeline).predict(frames) for car in answer.all_cars]
+    out = tmp_path / "cars.csv"
+    predicted = _run(
+        [str(carid), "predict", str(pipeline), *map(str, frames), "--out", str(out)], timeout=120
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    with out.open(encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["car"]]
+    assert len(rows) == len(cars) > 0
+    assert [row["class"] for row in rows] == [car.top1.label if car.top1 else "" for car in cars]
+    assert [float(row["x1"]) for row in rows] == pytest.approx([car.box.x1 for car in cars], abs=0.01)
 
     for command in ([str(carid), "--help"], [str(carid), "predict", "--help"]):
         shown = _run(command, timeout=60)

@@ -45,6 +45,13 @@ class DataConfig:
     exclude: image files kept out of every split, as shell patterns matched against the file name
         and the path relative to the dataset folder (e.g. "0453?.jpg" keeps the crops of the ten
         uncropped devkit photos out of training, validation and test).
+    train_extra: more datasets (paths, any format) whose usable samples all join the training split
+        and never validation or test, e.g. composites (`carid data compose`) beside real frames, so
+        that the held-out figures stay those of the real data.
+    frame_block: 0 = off; N > 0 treats images whose file name ends in a number as video frames
+        (vid_4_1260.jpg: video "vid_4_", frame 1260) and keeps each block of N consecutive frame
+        numbers of a video (1000-1999 for N = 1000) in one split, so that near-identical
+        neighbouring frames never sit on both sides of it.
     """
 
     __pydantic_config__ = STRICT
@@ -58,6 +65,8 @@ class DataConfig:
     use_format_split: bool = True
     label_level: Literal["class", "make", "body_type", "year"] = "class"
     exclude: tuple[str, ...] = ()
+    train_extra: tuple[str, ...] = ()
+    frame_block: int = 0
 
 
 @dataclass(frozen=True)
@@ -252,8 +261,13 @@ class TrainConfig:
         backbone is trainable (lower layers frozen), e.g. "blocks.4" or 70.
     unfreeze: staged unfreezing schedule, applied by a callback.
     backbone_lr_scale: discriminative learning rate: backbone lr = lr * this (heads get lr).
-    cache_features: with a frozen backbone, compute its features once and train the heads from the cache.
+    cache_features: with a frozen backbone, compute its features once and train the heads from the cache;
+        with freeze at a stage ("blocks.5"), cache the frozen front's activations there and train the
+        later stages and the heads from them (carid.training.stage_cache).
     cache_augment_passes: with cache_features, K extra augmented passes of the train images in the cache.
+    cache_map_hflip, cache_map_crop, cache_frozen_norm: stage cache only: probability of mirroring a
+        cached map per training sample; cache the train images this many map cells larger and read a
+        random window of the normal size; BatchNorm of the trained stages on its running statistics.
     test_after_fit: evaluate the best checkpoint on the test split when training ends (test/acc, ...).
     fit_on_val: final refit: the val images join the training images (split.csv still marks them
         val) and no validation runs, so best.ckpt is the last epoch; for a recipe whose epochs were
@@ -279,6 +293,9 @@ class TrainConfig:
     unfreeze: tuple[UnfreezeStep, ...] = ()
     cache_features: bool = False
     cache_augment_passes: int = 0
+    cache_map_hflip: float = 0.0
+    cache_map_crop: int = 0
+    cache_frozen_norm: bool = False
     early_stopping_patience: int = 0
     monitor: str = "val/acc"
     seed: int = 42
@@ -298,8 +315,70 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DetectConfig:
+    """The car detector of `task: detect` (carid.models.detector): a timm backbone's stride 8/16/32
+    maps, torchvision's FeaturePyramidNetwork and torchvision's FCOS or RetinaNet head, loss and
+    post-processing; one class, "car". The `model` and `augment` sections are not used by it.
+
+    architecture: "fcos" (anchor-free) or "retinanet" (anchor boxes).
+    backbone: timm name of the feature extractor (tf_efficientnet_lite0/1/2 have offline weights).
+    pretrained: as model.pretrained: "offline", "hub" or "none".
+    image_size: (width, height) of the network input; every photo is letterboxed into it (aspect
+        kept, centred, padded with the mean colour) by carid's preprocessing, in training and at
+        prediction alike. Both sides must be multiples of 32 (the coarsest feature stride).
+    fpn_channels: channels of the pyramid and of the head (small keeps a 640x384 frame fast on CPU).
+    head_convs: 3x3 convolutions of each head branch before its output layer (torchvision uses 4).
+    p6p7: add torchvision's LastLevelP6P7 (strides 64 and 128) to the pyramid, for objects larger
+        than about a third of the input.
+    anchor_size: RetinaNet only: anchor side relative to its level's stride (3 sizes per octave,
+        aspect ratios 0.5, 1, 2); the classic value is 4, smaller suits small cars.
+    score_threshold: the operating threshold: detections scoring below it are dropped at prediction
+        (validation mAP scores every detection down to 0.05, as COCO evaluation does).
+    nms_iou: overlap (IoU) above which the lower-scoring of two detections is suppressed.
+    max_detections: detections kept per image after NMS, best first.
+    min_box_side: detections narrower or lower than this many network-input pixels are dropped; so
+        are training boxes that small after augmentation (the network is not taught what the
+        post-processing throws away).
+    augment: augment training images (the switches below); False trains on the letterboxed images.
+    hflip: probability of a horizontal mirror.
+    scale: (min, max) area fraction of a random crop that keeps every box whole (zoom-in scale
+        jitter; (1.0, 1.0) disables it).
+    color_jitter: brightness / contrast / saturation strength (hue a sixth of it), p=0.8.
+    blur: probability of a Gaussian blur; grayscale: probability of dropping colour.
+
+    A detect run whose train.monitor is left at the classification default ("val/acc") keeps the
+    best checkpoint by "val/map50" (AP at IoU 0.5 on the val split).
+    """
+
+    __pydantic_config__ = STRICT
+
+    architecture: Literal["fcos", "retinanet"] = "fcos"
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: Literal["offline", "hub", "none"] = "offline"
+    image_size: tuple[int, int] = (640, 384)
+    fpn_channels: int = 64
+    head_convs: int = 2
+    p6p7: bool = False
+    anchor_size: float = 3.0
+    score_threshold: float = 0.3
+    nms_iou: float = 0.5
+    max_detections: int = 100
+    min_box_side: float = 4.0
+    augment: bool = True
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.5, 1.0)
+    color_jitter: float = 0.3
+    blur: float = 0.0
+    grayscale: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
-    """The root of every carid config file."""
+    """The root of every carid config file.
+
+    task: "classify" (the `model` section: classes, and a box per image) or "detect" (the `detect`
+        section: every car of a photo, each with a box and a score).
+    """
 
     __pydantic_config__ = STRICT
 
@@ -308,6 +387,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: Literal["classify", "detect"] = "classify"
+    detect: DetectConfig = field(default_factory=DetectConfig)
     run_dir: str = "runs"
     name: str | None = None
 

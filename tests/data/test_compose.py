@@ -155,3 +155,31 @@ def test_cli_compose_with_exclusions_and_unboxed_backgrounds(tmp_path: Path) -> 
         app, ["data", "compose", str(tmp_path / "crops"), str(frames), "--out", str(out)]
     )
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_cli_compose_uses_only_train_backgrounds_of_a_split_and_exclude_patterns(tmp_path: Path) -> None:
+    from carid.data.readers import read_dataset
+    from carid.data.split import save_split
+
+    make_crops(tmp_path / "crops")
+    frames = tmp_path / "frames"
+    make_backgrounds(frames / "images", count=4)
+    (frames / "boxes.csv").write_text(
+        "image_id,xmin,ymin,xmax,ymax\nbg0.jpg,,,,\nbg1.jpg,,,,\nbg2.jpg,,,,\nbg3.jpg,,,,\n"
+    )
+    table = read_dataset(frames)
+    splits = ["train" if s.path.name in ("bg1.jpg", "bg3.jpg") else "test" for s in table.samples]
+    save_split(table, splits, tmp_path / "split.csv")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("data", "compose", str(tmp_path / "crops"), str(frames), "--only-unboxed", "--out", str(out)),
+            *("--backgrounds-split", str(tmp_path / "split.csv"), "--exclude", "red?"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST).read_text())
+    used = {Path(m["background"]).name for m in manifest["images"]}
+    assert used and used <= {"bg1.jpg", "bg3.jpg"}  # the test frames stay unseen
+    assert not [m for m in manifest["images"] if Path(m["object"]).stem.startswith("red")]

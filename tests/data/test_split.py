@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -14,6 +15,7 @@ from carid.config import DataConfig
 from carid.data.samples import Sample, SampleTable
 from carid.data.split import (
     SPLITS,
+    frame_block_groups,
     group_ids_by_path,
     load_split,
     make_split,
@@ -321,3 +323,28 @@ def test_samples_of_the_same_file_share_a_split(tmp_path: Path) -> None:
     assert splits[:30] == splits[30:]
     counts = Counter(splits)  # pairs cannot make the exact 9 / 9 of 60: one pair off at most
     assert abs(counts["val"] - 9) <= 1 and abs(counts["test"] - 9) <= 1
+
+
+def test_frame_blocks_keep_neighbouring_video_frames_in_one_split(tmp_path: Path) -> None:
+    def frame(folder: str, number: int) -> Path:
+        return tmp_path / folder / f"vid_4_{number}.jpg"
+
+    frames = [frame("a", n) for n in range(600, 30000, 40)] + [frame("b", n) for n in range(600, 3000, 40)]
+    others = [tmp_path / "a" / "still.jpg", tmp_path / "a" / "cam_2.jpg"]  # cam_2: a lone frame
+    samples = [
+        Sample(path, None, boxes=[[1, 1, 9, 9]] if i % 3 else []) for i, path in enumerate(frames + others)
+    ]
+    table = SampleTable(samples, [], tmp_path, "csv-boxes")
+    assert frame_block_groups(table, 0) == []
+    blocks = frame_block_groups(table, 1000)
+    assert len(blocks) == 30 + 3  # folder a: frames 600-29960 in blocks 0-29; folder b: 600-2960 in 0-2
+    for group in blocks:
+        assert len({(path.parent, int(path.stem[6:]) // 1000) for path in group}) == 1
+    assert not {path for group in blocks for path in group} & set(others)
+    splits = make_split(table, seed=3, groups=group_ids_by_path(table, blocks))
+    assert set(splits) == set(SPLITS)
+    split_of = dict(zip(frames + others, splits, strict=True))
+    numbers = range(600, 30000, 40)
+    for before, after in itertools.pairwise(numbers):  # a split changes only from one block to the next
+        if split_of[frame("a", before)] != split_of[frame("a", after)]:
+            assert before // 1000 != after // 1000

@@ -10,18 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from carid.runtime.annotate import BOX_COLOUR, annotate_image, caption, print_predictions, write_annotated
 from carid.runtime.predict_io import (
-    BOX_COLOUR,
     CSV_COLUMNS,
     PREDICTIONS_FORMAT,
     InputError,
-    annotate_image,
-    caption,
     gather_images,
     gather_inputs,
-    print_predictions,
     run_predict,
-    write_annotated,
     write_predictions,
 )
 from carid.runtime.predictor import Predictor

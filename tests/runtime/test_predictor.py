@@ -324,9 +324,12 @@ def test_timing_batches_and_results_as_dicts(tmp_path: Path) -> None:
     data = json.loads(json.dumps(first.to_dict()))
     assert set(data) == {
         "source", "ok", "error", "label", "probability", "unknown", "top_k", "make", "body_type", "year",
-        "box", "image_size", "timing", "reason",
+        "box", "image_size", "timing", "reason", "detection_score", "cars",
     }  # fmt: skip
-    assert set(data["timing"]) == {"decode_ms", "preprocess_ms", "inference_ms", "total_ms"}
+    assert set(data["timing"]) == {"decode_ms", "preprocess_ms", "detection_ms", "inference_ms", "total_ms"}
+    # a single-model bundle answers the photo as one car: itself, without a detection score
+    assert len(data["cars"]) == 1 and data["detection_score"] is None
+    assert {k: v for k, v in data.items() if k != "cars"} == data["cars"][0]
     with pytest.raises(ValueError, match="top_k"):
         predictor.predict(paths, top_k=0)
 

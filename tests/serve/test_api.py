@@ -1,10 +1,11 @@
 """Tests for carid.serve.api: the REST API, its limits and its errors (the checks of
 carid.serve.limits on their own: tests/serve/test_limits.py).
 
-Most tests serve the stub predictor of tests/test_inference.py (outputs the test chooses, no model
-file), so each expected answer is the predictor's own answer on the same bytes. The tests marked
-slow serve the tiny trained bundle of tests/test_export.py through `create_app`, and run the load
-benchmark for a few seconds against it.
+Most tests serve the stub predictor of tests/runtime/test_predictor.py (outputs the test chooses,
+no model file), so each expected answer is the predictor's own answer on the same bytes. The tests
+marked slow serve the tiny trained bundle of tests/test_export.py through `create_app`, and run the
+load benchmark for a few seconds against it. Every car of a pipeline's answer, and the answers'
+shapes (carid.serve.schemas): tests/serve/test_schemas.py.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from PIL import Image, ImageFile
 
 from carid.runtime.predictor import Predictor
 from carid.serve import api as serve_api
-from carid.serve.api import InferenceGate, build_app, create_app
+from carid.serve.api import InferenceGate, build_app, create_app, gradcam_caption
 from carid.serve.limits import (
     MULTIPART_OVERHEAD_BYTES,
     ApiError,
 )
+from carid.serve.schemas import PredictAnswer
 from carid.serve.settings import ServeSettings
 from tests.conftest import write_image
 from tests.runtime.test_predictor import CAR_CLASSES, StubBackend, stub_predictor
@@ -79,8 +81,11 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
 
 
 def comparable(answer: dict[str, Any]) -> dict[str, Any]:
-    """A prediction dict without its timing (which differs between two runs)."""
-    return {key: value for key, value in answer.items() if key != "timing"}
+    """A prediction dict without its timings, its cars' included (they differ between two runs)."""
+    kept = {key: value for key, value in answer.items() if key != "timing"}
+    if "cars" in kept:
+        kept["cars"] = [comparable(car) for car in kept["cars"]]
+    return kept
 
 
 @pytest.fixture
@@ -116,6 +121,7 @@ def test_predict_answers_as_the_predictor_does(
     answer = response.json()
     (expected,) = stub[0].predict([data], names=[name])
     assert comparable(answer) == comparable(expected.to_dict())
+    PredictAnswer.model_validate(answer)
     assert answer["ok"] and answer["source"] == name and answer["label"] == CAR_CLASSES[0]
     assert answer["image_size"] == list(options["size"])
     assert answer["box"] is not None and "explanation" not in answer
@@ -145,6 +151,7 @@ def test_unknown_label_is_reported(tmp_path: Path) -> None:
     answer = response.json()
     assert response.status_code == 200 and answer["unknown"] is True and answer["label"] == "unknown"
     assert answer["top_k"][0]["label"] == CAR_CLASSES[3]
+    assert [car["label"] for car in answer["cars"]] == ["unknown"] and answer["cars"][0]["reason"]
 
 
 # --- bad input -----------------------------------------------------------------------------------------
@@ -386,6 +393,7 @@ def test_model_description_without_server_paths(tmp_path: Path) -> None:
     assert (model["temperature"], model["unknown_threshold"]) == (1.5, 0.3)
     assert model["default_top_k"] == 3 and model["limits"]["max_upload_bytes"] == 10 * 1024 * 1024
     assert model["explain"]["available"] is False and "--backend torch" in model["explain"]["reason"]
+    assert model["kind"] == "model" and model["pipeline"] is False
 
 
 def test_health(client: TestClient) -> None:
@@ -466,6 +474,20 @@ def test_explain_without_torch_backend_says_why(client: TestClient, tmp_path: Pa
     assert explanation["available"] is False and "torch" in explanation["reason"]
 
 
+def test_gradcam_caption_gives_the_answers_probability(tmp_path: Path) -> None:
+    logits = [4.0, 0.0, 0.0, 0.0]
+    predictor, _ = stub_predictor(logits=logits, temperature=3.0)
+    (answer,) = predictor.predict([image_bytes(tmp_path, "a.png")])
+    raw = float(np.exp(4.0) / np.exp(logits).sum())  # what carid.explain's own caption would print
+    assert abs(answer.probability - raw) > 0.3
+    assert gradcam_caption(answer) == f"Grad-CAM for {CAR_CLASSES[0]} ({answer.probability * 100:.1f}%)"
+    unsure, _ = stub_predictor(logits=[0.0, 0.0, 0.0, 0.1], unknown_threshold=0.9)
+    (guess,) = unsure.predict([image_bytes(tmp_path, "a.png")])
+    caption = gradcam_caption(guess)
+    assert CAR_CLASSES[3] in caption and "not sure" in caption
+    assert f"({guess.probability * 100:.1f}%;" in caption
+
+
 @pytest.mark.slow  # importing torch and pytorch-grad-cam takes about 10 s
 def test_explain_with_the_torch_backend(tmp_path: Path) -> None:
     pytest.importorskip("pytorch_grad_cam")
@@ -489,6 +511,11 @@ def test_explain_with_the_torch_backend(tmp_path: Path) -> None:
     explanation = answer["explanation"]
     assert explanation["available"] is True and explanation["method"] == "gradcam"
     assert explanation["target_label"] == answer["top_k"][0]["label"]
+    # the caption gives the answer's probability, not the network's raw softmax
+    assert explanation["probability"] == answer["probability"]
+    expected_caption = f"Grad-CAM for {answer['top_k'][0]['label']} ({answer['probability'] * 100:.1f}%)"
+    assert explanation["caption"] == expected_caption
+    PredictAnswer.model_validate(answer)
     overlay = Image.open(io.BytesIO(base64.b64decode(explanation["png_base64"])))
     assert overlay.format == "PNG" and overlay.size == (explanation["width"], explanation["height"])
 

@@ -10,8 +10,9 @@ A run folder, as `carid train` writes it:
     RUN/export/                the bundle `carid export RUN` writes (model.json + model.onnx)
 
 `locate(path)` turns what a user typed into a `ModelLocation`: a checkpoint (a .ckpt, or a run
-folder's best.ckpt, else its last.ckpt), a bundle folder (or its model.json / model.onnx) or an
-ensemble folder (or its ensemble.json). Every command that takes a model asks it, so that a run
+folder's best.ckpt, else its last.ckpt), a bundle folder (or its model.json / model.onnx), an
+ensemble folder (or its ensemble.json) or a pipeline folder (or its pipeline.json: a detector and an
+identifier, `carid.artifacts.pipeline`). Every command that takes a model asks it, so that a run
 folder, a checkpoint, a bundle and an ensemble mean the same thing everywhere. Torch-free.
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from carid.artifacts.bundle import ENSEMBLE_FILE, METADATA_FILE, MODEL_FILE, Bundle
+from carid.artifacts.pipeline import PIPELINE_FILE, is_pipeline_dir
+from carid.config import read_yaml
 from carid.errors import CaridError
 
 CONFIG_FILE = "config.yaml"
@@ -33,7 +36,7 @@ BEST_CHECKPOINT = Path(CHECKPOINT_DIR) / "best.ckpt"
 LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.ckpt"
 EXPORT_DIR = "export"  # `carid export RUN` writes RUN/export
 
-ModelKind = Literal["checkpoint", "bundle", "ensemble"]
+ModelKind = Literal["checkpoint", "bundle", "ensemble", "pipeline"]
 
 
 class ModelPathError(CaridError, ValueError):
@@ -121,6 +124,17 @@ class RunDir:
         return cls.of_checkpoint(checkpoint) if checkpoint else None
 
 
+def run_task(path: Path | str) -> str:
+    """The `task` a run folder's config.yaml names: "classify" (also when it names none or cannot be
+    read: the commands then say what is wrong with the run) or "detect"."""
+    try:
+        tree = read_yaml(Path(path) / CONFIG_FILE)
+    except (ValueError, OSError):  # ConfigError is a ValueError
+        return "classify"
+    task = tree.get("task") if isinstance(tree, dict) else None
+    return task if isinstance(task, str) and task else "classify"
+
+
 def run_split_csv(run_dirs: Sequence[Path | None]) -> Path | None:
     """The split.csv of the first run folder that still has one (None when none has)."""
     for run_dir in run_dirs:
@@ -163,6 +177,10 @@ def locate(path: Path | str, prefer: Literal["checkpoint", "bundle"] = "checkpoi
             return ModelLocation("ensemble", path.parent.resolve(), None)
         if path.name != ENSEMBLE_FILE and is_bundle_dir(path.parent):
             return ModelLocation("bundle", path.parent.resolve(), None)
+    if path.is_file() and path.name == PIPELINE_FILE and is_pipeline_dir(path.parent):
+        return ModelLocation("pipeline", path.parent.resolve(), None)
+    if is_pipeline_dir(path):
+        return ModelLocation("pipeline", path.resolve(), None)
     if is_ensemble_dir(path):
         return ModelLocation("ensemble", path.resolve(), None)
     if is_bundle_dir(path):

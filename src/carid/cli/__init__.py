@@ -27,6 +27,7 @@ for _name, _command in (
     ("compare", evaluate.compare),
     ("sweep", train.sweep),
     ("ensemble", bundles.ensemble),
+    ("pipeline", bundles.pipeline),
     ("calibrate", bundles.calibrate),
     ("explain", evaluate.explain),
     ("run", run.run),

@@ -1,7 +1,9 @@
-"""`carid export`, `carid calibrate` and `carid ensemble`: make and tune deployable model folders.
+"""`carid export`, `carid calibrate`, `carid ensemble` and `carid pipeline`: make and tune deployable
+model folders.
 
 export turns a trained checkpoint into a bundle (ONNX + metadata, parity-checked), calibrate stores a
-temperature and an 'unknown' threshold in a bundle, ensemble combines bundles into one folder. The
+temperature and an 'unknown' threshold in a bundle, ensemble combines bundles into one folder,
+pipeline puts a car detector and an identifier in one folder (`carid.artifacts.pipeline`). The
 work happens in `carid.export` and `carid.evaluation.ensemble`, imported inside the commands.
 """
 
@@ -40,18 +42,19 @@ def export(
         ),
     ] = 1000,
 ) -> None:
-    """Export a trained model to a bundle (model.onnx + model.json), parity-checked against PyTorch."""
+    """Export a trained model to a bundle (model.onnx + model.json), parity-checked against PyTorch;
+    a `task: detect` run gives a detector bundle."""
     from carid.export import ParityError, export_bundle
+    from carid.export_detector import export_detector_bundle, is_detector_source
 
+    options = given(parity_images=parity_images, parity_data=parity_data, opset=opset)
     try:
-        result = export_bundle(
-            source,
-            out=out,
-            overwrite=force,
-            say=say,
-            enrol_images=enrol_images,
-            **given(parity_images=parity_images, parity_data=parity_data, opset=opset),
-        )
+        if is_detector_source(source):  # a `task: detect` run: a detector bundle (no enrolment space)
+            result = export_detector_bundle(source, out=out, overwrite=force, say=say, **options)
+        else:
+            result = export_bundle(
+                source, out=out, overwrite=force, say=say, enrol_images=enrol_images, **options
+            )
     except ParityError as exc:  # the model exported but disagrees with PyTorch: exit 1, not 2
         print_error(str(exc), exc.hint)
         raise typer.Exit(1) from None
@@ -131,3 +134,47 @@ def calibrate(
     )
     for line in update.summary_lines():
         say(line)
+
+
+def pipeline(
+    detector: Annotated[
+        Path,
+        typer.Argument(help="A detector bundle (or a detector run folder with export/).", show_default=False),
+    ],
+    identifier: Annotated[
+        Path,
+        typer.Argument(
+            help="A classifier bundle or an ensemble folder (or a run folder with export/).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, out_option("Pipeline folder to write.", show_default=False)],
+    margin: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Added around each detected box, as a fraction of its width and height."
+        ),
+    ] = 0.0,
+    square: Annotated[
+        bool, typer.Option("--square", help="Grow each crop to a square (for identifiers trained so).")
+    ] = False,
+    min_side: Annotated[int, typer.Option(min=1, help="Cars smaller than this (px) are not named.")] = 16,
+    max_cars: Annotated[
+        int, typer.Option(min=1, help="At most this many cars per photo, largest first.")
+    ] = 20,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing pipeline folder.")] = False,
+) -> None:
+    """Put a car detector and an identifier in one folder: predict and serve then answer every car."""
+    from carid.artifacts.pipeline import CropRule, build_pipeline
+
+    built = build_pipeline(
+        detector,
+        identifier,
+        out,
+        crop=CropRule(margin=margin, square=square, min_side=min_side),
+        max_cars=max_cars,
+        overwrite=force,
+    )
+    say(f"pipeline: {built.path} (detector: {built.detector}, identifier: {built.identifier})")
+    crop = built.crop
+    say(f"crop: margin {crop.margin:g}, square {str(crop.square).lower()}, max cars {built.max_cars}")

@@ -6,6 +6,7 @@ Each command resolves the config and the dataset path (`_load`), calls one funct
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Annotated
 
@@ -292,9 +293,17 @@ def data_compose(
             "--only-unboxed", help="BACKGROUNDS is a boxed dataset: use only its images with no box."
         ),
     ] = False,
+    backgrounds_split: Annotated[
+        Path | None,
+        typer.Option(
+            help="A split CSV of BACKGROUNDS (carid data split, or a run's split.csv): use only its "
+            "train photos, so that validation and test photos stay unseen."
+        ),
+    ] = None,
 ) -> None:
     """Paste labelled crops onto background photos at random places and scales, so a crop-only
-    dataset gets boxes: writes images/, boxes.csv (csv-boxes format) and manifest.json."""
+    dataset gets boxes: writes images/, boxes.csv (csv-boxes format) and manifest.json. --exclude
+    takes file names, stems or shell patterns ("0453?")."""
     from carid.data.compose import ComposeConfig, compose, list_backgrounds
     from carid.data.readers import read_dataset
 
@@ -304,8 +313,19 @@ def data_compose(
             pool = [s.path for s in read_dataset(backgrounds).usable() if not s.has_box]
         else:
             pool = list_backgrounds(backgrounds)
-        skip = set(exclude or [])
-        samples = [s for s in table if s.path.name not in skip and s.path.stem not in skip]
+        if backgrounds_split is not None:
+            from carid.data.split import load_split
+
+            train = {
+                str(s.path.resolve()) for s in load_split(backgrounds_split).samples if s.split == "train"
+            }
+            pool = [path for path in pool if str(Path(path).resolve()) in train]
+        skip = list(exclude or [])
+        samples = [
+            s
+            for s in table
+            if not any(fnmatch.fnmatchcase(name, p) for name in (s.path.name, s.path.stem) for p in skip)
+        ]
         report = compose(samples, pool, out, ComposeConfig(seed=seed, per_object=per_object), limit=limit)
     except CaridError:
         raise

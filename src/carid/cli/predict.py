@@ -105,7 +105,8 @@ def predict(
     tta: TtaOption = None,
 ) -> None:
     """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint."""
-    from carid.runtime.predict_io import partial_path, print_predictions, run_predict
+    from carid.runtime.annotate import print_predictions
+    from carid.runtime.predict_io import partial_path, run_predict
 
     try:
         result = run_predict(

@@ -21,7 +21,13 @@ from carid.data.check_report import CheckReport
 from carid.data.checks import run_checks
 from carid.data.readers import read_dataset
 from carid.data.samples import Sample, SampleTable
-from carid.data.split import group_ids_by_path, save_split, split_from_config, split_summary
+from carid.data.split import (
+    frame_block_groups,
+    group_ids_by_path,
+    save_split,
+    split_from_config,
+    split_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,8 @@ def inspect_dataset(
 
     if split:
         usable = report.usable()
-        groups = group_ids_by_path(usable, [group.paths for group in report.duplicate_groups])
+        duplicates = [group.paths for group in report.duplicate_groups]
+        groups = group_ids_by_path(usable, [*duplicates, *frame_block_groups(usable, data.frame_block)])
         inspection.splits = split_from_config(usable, data, groups)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,9 @@ How `make_split` assigns samples (the reproducibility contract; changing it chan
 5. Groups (e.g. near-duplicate groups found by the checks, see `group_ids_by_path`): all members
    of a group go to the same split (leakage guard), and so do samples of the same file (same
    portable key). A group counts in the stratum most of its members belong to (ties: the first
-   stratum name); totals are then only as exact as the group sizes allow.
+   stratum name); totals are then only as exact as the group sizes allow. Video frames can be
+   grouped by blocks of frame numbers (`frame_block_groups`, `DataConfig.frame_block`), so that
+   neighbouring frames of one video share a split.
 6. Format splits: with `use_format_split`, a split the format defines (`Sample.split`, e.g. VOC
    trainval -> "train", test -> "test"; Stanford train/test) is kept. Whichever of "val" and
    "test" the format does not define is carved out of the format's train part with the configured
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -339,6 +342,28 @@ def group_ids_by_path(table: SampleTable, path_groups: Iterable[Iterable[str | P
             continue
         result.append(ids.setdefault(find(key), len(ids)))
     return result
+
+
+FRAME_STEM = re.compile(r"(?P<video>.*?)(?P<frame>\d+)")
+
+
+def frame_block_groups(table: SampleTable, block: int) -> list[list[Path]]:
+    """Groups of image paths (for `group_ids_by_path`): frames of one video whose frame numbers fall
+    in the same block of `block` consecutive numbers (`DataConfig.frame_block`).
+
+    A file whose stem ends in digits is a frame: the digits are its number, the rest of the stem and
+    its folder name its video (vid_4_1260.jpg is frame 1260 of video "vid_4_", in block 1 for
+    block 1000). Other files are in no group; block <= 0 gives no groups.
+    """
+    if block <= 0:
+        return []
+    blocks: dict[tuple[str, str, int], list[Path]] = defaultdict(list)
+    for sample in table.samples:
+        match = FRAME_STEM.fullmatch(sample.path.stem)
+        if match is not None:
+            key = (str(sample.path.parent), match["video"], int(match["frame"]) // block)
+            blocks[key].append(sample.path)
+    return [paths for paths in blocks.values() if len(paths) > 1]
 
 
 def split_from_config(

@@ -56,6 +56,7 @@ from carid import __version__
 from carid.artifacts.run_dir import ModelLocation, locate
 from carid.boxes import paired_iou
 from carid.data.samples import Problem, Sample, SampleTable, Severity
+from carid.evaluation.detection import DetectionEvaluation, evaluate_detector
 from carid.evaluation.evaluation_data import (
     EvaluationData,
     _check_split,
@@ -69,6 +70,7 @@ from carid.evaluation.scoring import EvaluationError, Scores, ScoreSource, align
 from carid.evaluation.sources import open_score_source
 from carid.evaluation.val_calibration import DEFAULT_TARGET_PRECISION, CalibrationFit, fit_val_calibration
 from carid.files import write_atomic, write_json
+from carid.runtime.detection import is_detector_model
 from carid.runtime.tta import TtaError, check_mode
 
 log = logging.getLogger(__name__)
@@ -233,8 +235,9 @@ def evaluate(
     top_k: Sequence[int] = DEFAULT_TOP_K,
     write: bool = True,
     progress: bool = False,
-) -> EvaluationReport:
+) -> EvaluationReport | DetectionEvaluation:
     """Evaluate a model on a split and write evaluation.json, predictions.csv, report.html, figures.
+    A car detector (bundle or `task: detect` run) gets `carid.evaluation.detection.evaluate_detector`.
 
     model_path: run folder, checkpoint or bundle. data / split: see the module docstring.
     out_dir: where to write (default: `default_out_dir`); nothing is written with write=False.
@@ -258,6 +261,21 @@ def evaluate(
     if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
         raise EvaluationError(f"unknown threshold must be in [0, 1], got {unknown_threshold}")
     location = locate(model_path)
+    if is_detector_model(location) or location.kind == "pipeline":  # detection metrics and report
+        if fit_calibration or tta != "none" or unknown_threshold is not None:
+            raise EvaluationError("--fit-calibration, --tta and --unknown-threshold are for classifiers")
+        target = out_dir if out_dir is not None or not write else default_out_dir(location, split, data)
+        return evaluate_detector(
+            location,
+            data,
+            split,
+            target,
+            data_format=data_format,
+            batch_size=batch_size,
+            device=device,
+            write=write,
+            progress=progress,
+        )
     tick = time.perf_counter()
     source = open_score_source(
         location, device=device, batch_size=batch_size, num_workers=num_workers, backend=backend, tta=tta

@@ -8,6 +8,8 @@
                   register_box_head / create_box_head; built in: map, pooled, cells (+ RefinedBoxHead)
     network.py    CarNet, CarNetOutput, build_network(ModelConfig, num_classes, with_box)
     checkpoint.py load_for_inference(checkpoint) -> (CarNet, ModelMetadata), without the training code
+    detector.py   DetectorNet: timm features + torchvision FPN + FCOS / RetinaNet; build_detector,
+                  forward_export (scores, decoded boxes) for ONNX, load_detector(checkpoint)
     losses.py     CarLoss: cross-entropy + box L1 + GIoU, returned as a dict of parts
     imagenet.py   IMAGENET_CAR_CLASSES (torch-free)
     nocar.py      ImageNetCarScorer: the "is there a car in this photo" score of `carid data curate`

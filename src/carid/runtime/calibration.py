@@ -3,14 +3,23 @@
 `apply_temperature` turns logits into calibrated probabilities; `apply_unknown` answers "unknown"
 (`UNKNOWN_INDEX`) where the top-1 probability is below the threshold. Both are plain NumPy, used by
 the predictor on the slim install; fitting them on validation predictions is
-`carid.evaluation.calibration`'s job.
+`carid.evaluation.calibration`'s job. `export_calibration` reads the calibration a run's export
+holds, for predicting from that run's checkpoint with the same answers.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from carid.artifacts.bundle import METADATA_FILE, Bundle, BundleError
+from carid.runtime.backends import file_sha256
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_INDEX = -1  # the class index `apply_unknown` gives an image answered "unknown"
 
@@ -66,3 +75,17 @@ def apply_unknown(probabilities: object, threshold: float) -> tuple[np.ndarray, 
     top_probability = array.max(axis=-1)
     indices = np.where(top_probability >= value, array.argmax(axis=-1), UNKNOWN_INDEX).astype(np.int64)
     return indices, top_probability
+
+
+def export_calibration(export: Path, checkpoint: Path) -> dict[str, Any]:
+    """Temperature and unknown threshold of the run's export, when it was made from this checkpoint."""
+    if not (export / METADATA_FILE).is_file():
+        return {}
+    try:
+        metadata = Bundle.load(export).metadata
+    except BundleError as exc:
+        log.warning("ignoring the run's export for calibration: %s", exc)
+        return {}
+    if metadata.source_sha256 != file_sha256(checkpoint):
+        return {}
+    return {"temperature": metadata.temperature, "unknown_threshold": metadata.unknown_threshold}

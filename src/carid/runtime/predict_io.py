@@ -4,11 +4,15 @@
     gather_inputs([...]) -> Gathered: the image paths and the entries skipped (`carid.data.listing`)
     run_predict(model, inputs, ...) -> PredictRun (predictions + what was written)
     write_predictions(predictions, "out.csv" | "out.json")
-    annotate_image(prediction, image) -> a copy with the box and label drawn
 
-CSV: one row per image, columns `CSV_COLUMNS`. label is the answer ("unknown" below the bundle's
-threshold; reason says why an answer is unknown); class, model and probability are the top-1
-class's; make, body_type and year are the rolled-up taxonomy values with their own probabilities;
+Annotated copies and the console table: `carid.runtime.annotate`.
+
+CSV: one row per car, columns `CSV_COLUMNS`: car is its number in the photo (1 = the largest box;
+a single-model bundle answers each photo as car 1), detection_score the detector's score (empty
+without a detector); a photo in which the detector found no car, or that could not be used, has
+one row with an empty car column and the reason or the error. label is the answer ("unknown" below
+the bundle's threshold; reason says why an answer is unknown); class, model and probability are the
+top-1 class's; make, body_type and year are the rolled-up taxonomy values with their own probabilities;
 x1..y2 the box in original pixels; the timing columns are milliseconds; error is empty unless the
 image could not be used.
 JSON: {"format": "carid.predictions", "version": 1, "model": Predictor.info(), "predictions":
@@ -38,21 +42,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from PIL import Image, ImageDraw, ImageFont
-
 from carid.data.listing import Skipped, unusable_entry, walk_files
-from carid.data.text import console_text, file_text, safe_for_files
+from carid.data.text import file_text, safe_for_files
 from carid.errors import CaridError
 from carid.files import write_atomic, write_json
-from carid.images import IMAGE_SUFFIXES, ImageError, is_image_file, load_rgb
+from carid.images import IMAGE_SUFFIXES, is_image_file
+from carid.runtime.annotate import write_annotated
 from carid.runtime.predictor import Predictor
-from carid.runtime.results import LevelScore, Prediction
+from carid.runtime.results import Prediction
 
 PREDICTIONS_FORMAT = "carid.predictions"
 PREDICTIONS_VERSION = 1
 OUTPUT_SUFFIXES = (".csv", ".json")
 CSV_COLUMNS: tuple[str, ...] = (
     "path",
+    "car",
+    "detection_score",
     "label",
     "probability",
     "class",
@@ -76,8 +81,6 @@ CSV_COLUMNS: tuple[str, ...] = (
     "error",
 )
 _GLOB_CHARACTERS = frozenset("*?[")
-BOX_COLOUR = (255, 200, 0)
-UNKNOWN_COLOUR = (255, 80, 80)
 
 
 class InputError(CaridError, ValueError):
@@ -173,9 +176,18 @@ def skipped_prediction(entry: Skipped) -> Prediction:
 # --- writing results -------------------------------------------------------------------------------
 
 
-def prediction_row(prediction: Prediction) -> dict[str, Any]:
-    """The CSV row of one prediction (see the module docstring); empty strings for missing values,
-    and every text valid UTF-8 (a file name's other bytes as \\xNN)."""
+def prediction_rows(prediction: Prediction) -> list[dict[str, Any]]:
+    """The CSV rows of one photo: one per car (see the module docstring); one row without a car
+    number for a photo with no car or an error."""
+    cars = prediction.all_cars
+    if not cars:
+        return [_row(prediction, None)]
+    return [_row(car, number) for number, car in enumerate(cars, start=1)]
+
+
+def _row(prediction: Prediction, car: int | None) -> dict[str, Any]:
+    """One CSV row; empty strings for missing values, and every text valid UTF-8 (a file name's
+    other bytes as \\xNN)."""
     top1 = prediction.top1
     box = prediction.box
     timing = prediction.timing
@@ -186,8 +198,11 @@ def prediction_row(prediction: Prediction) -> dict[str, Any]:
     make, make_probability = level(prediction.make)
     body_type, body_type_probability = level(prediction.body_type)
     year, year_probability = level(prediction.year)
+    score = prediction.detection_score
     row = {
         "path": prediction.source,
+        "car": "" if car is None else car,
+        "detection_score": "" if score is None else round(score, 6),
         "label": prediction.label or "",
         "probability": "" if prediction.probability is None else round(prediction.probability, 6),
         "class": "" if top1 is None else top1.label,
@@ -198,7 +213,7 @@ def prediction_row(prediction: Prediction) -> dict[str, Any]:
         "body_type_probability": body_type_probability,
         "year": year,
         "year_probability": year_probability,
-        "unknown": "" if not prediction.ok else str(prediction.unknown).lower(),
+        "unknown": "" if not prediction.ok or prediction.label is None else str(prediction.unknown).lower(),
         "reason": prediction.reason or "",
         "decode_ms": round(timing.decode_ms, 3),
         "preprocess_ms": round(timing.preprocess_ms, 3),
@@ -238,7 +253,7 @@ def write_predictions(
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(prediction_row(prediction) for prediction in predictions)
+    writer.writerows(row for prediction in predictions for row in prediction_rows(prediction))
     write_atomic(path, buffer.getvalue())
     return path
 
@@ -268,7 +283,7 @@ class PartialRows:
     def add(self, predictions: Sequence[Prediction]) -> None:
         for prediction in predictions:
             if self._csv is not None:
-                self._csv.writerow(prediction_row(prediction))
+                self._csv.writerows(prediction_rows(prediction))
             else:
                 self._handle.write(
                     json.dumps(safe_for_files(prediction.to_dict()), ensure_ascii=False) + "\n"
@@ -285,85 +300,6 @@ class PartialRows:
     def close(self) -> None:
         """Stop writing, keeping the partial file (the run did not finish)."""
         self._handle.close()
-
-
-# --- annotated copies ---------------------------------------------------------------------------------
-
-
-def caption(prediction: Prediction) -> str:
-    """ "Audi TTS Coupe 2012 87%" (or "unknown 31%: best Audi TTS Coupe 2012")."""
-    if not prediction.ok or prediction.probability is None:
-        return f"error: {prediction.error}"
-    text = f"{prediction.label} {prediction.probability:.0%}"
-    if prediction.unknown and prediction.top1 is not None:
-        text += f" (best: {prediction.top1.label})"
-    return text
-
-
-def annotate_image(prediction: Prediction, image: Image.Image) -> Image.Image:
-    """A copy of the photo (RGB, original pixels) with the box and the caption drawn."""
-    canvas = image.convert("RGB")
-    draw = ImageDraw.Draw(canvas)
-    side = min(canvas.size)
-    line = max(2, round(side / 200))
-    font = _font(max(12, round(side / 30)))
-    colour = UNKNOWN_COLOUR if prediction.unknown else BOX_COLOUR
-    text = caption(prediction)
-    if prediction.box is not None:
-        draw.rectangle(prediction.box.to_list(), outline=colour, width=line)
-        anchor = (prediction.box.x1, prediction.box.y1)
-    else:
-        anchor = (0.0, 0.0)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    width, height = right - left + 2 * line, bottom - top + 2 * line
-    x = min(max(0.0, anchor[0]), max(0.0, canvas.width - width))
-    y = anchor[1] - height if anchor[1] - height >= 0 else anchor[1]
-    draw.rectangle([x, y, x + width, y + height], fill=colour)
-    draw.text((x + line - left, y + line - top), text, fill=(0, 0, 0), font=font)
-    return canvas
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def annotated_path(source: Path, out_dir: Path, root: Path | None) -> Path:
-    """Where the annotated copy of `source` goes: its path under `root` (else its name) in out_dir;
-    suffixes Pillow may not write become .png."""
-    try:
-        relative = source.resolve().relative_to(root) if root is not None else Path(source.name)
-    except ValueError:
-        relative = Path(source.name)
-    suffix = source.suffix.lower()
-    if suffix not in (".jpg", ".jpeg", ".png", ".bmp", ".webp"):
-        relative = relative.with_suffix(".png")
-    return out_dir / relative
-
-
-def write_annotated(predictions: Sequence[Prediction], out_dir: Path | str) -> list[Path]:
-    """Annotated copies of the predicted files (failed ones skipped) under out_dir, keeping the
-    folder structure below the inputs' common folder."""
-    out_dir = Path(out_dir)
-    good = [p for p in predictions if p.ok and Path(p.source).is_file()]
-    if not good:
-        return []
-    parents = [str(Path(p.source).resolve().parent) for p in good]
-    root = Path(os.path.commonpath(parents))
-    written: list[Path] = []
-    for prediction in good:
-        source = Path(prediction.source)
-        target = annotated_path(source, out_dir, root)
-        try:
-            image = load_rgb(source)
-        except ImageError:
-            continue  # it decoded for the prediction; a file changed meanwhile is simply not annotated
-        target.parent.mkdir(parents=True, exist_ok=True)
-        annotate_image(prediction, image).save(target)
-        written.append(target)
-    return written
 
 
 # --- the whole command ----------------------------------------------------------------------------
@@ -500,34 +436,3 @@ def _predict_one(predictor: Predictor, path: Path, top_k: int) -> Prediction:
         return Prediction(
             source=str(path), error=f"{path}: cannot use this image ({type(exc).__name__}: {exc})"
         )
-
-
-def print_predictions(predictions: Sequence[Prediction], console: Any, limit: int = 20) -> None:
-    """A rich table of the first `limit` predictions: path, answer, probability, make, body type and
-    year each with its rolled-up probability ("Audi 0.91"), box. Names, labels and errors are shown
-    as text: rich markup escaped, control characters as \\x1b, \\n, ... (`console_text`)."""
-    from rich.table import Table
-
-    table = Table("path", "label", "prob.", "make", "body type", "year", "box (px)")
-    for prediction in predictions[:limit]:
-        if not prediction.ok:
-            table.add_row(console_text(prediction.source), f"[red]{console_text(prediction.error or '')}[/]")
-            continue
-        box = "" if prediction.box is None else " ".join(f"{v:.0f}" for v in prediction.box.to_list())
-        table.add_row(
-            console_text(prediction.source),
-            console_text(prediction.label or ""),
-            f"{prediction.probability:.3f}" if prediction.probability is not None else "",
-            _level_cell(prediction.make),
-            _level_cell(prediction.body_type),
-            _level_cell(prediction.year),
-            box,
-        )
-    console.print(table)
-    if len(predictions) > limit:
-        console.print(f"... and {len(predictions) - limit} more")
-
-
-def _level_cell(score: LevelScore | None) -> str:
-    """ "Audi 0.912" for a taxonomy level's value and probability (shown as text), "" when absent."""
-    return "" if score is None else f"{console_text(score.value)} {score.probability:.3f}"

@@ -48,6 +48,7 @@ from carid.artifacts.bundle import (
     BundleError,
     BundleMetadata,
 )
+from carid.artifacts.pipeline import PIPELINE_FILE, is_pipeline_dir
 from carid.artifacts.run_dir import BEST_CHECKPOINT, RunDir, is_bundle_dir, is_ensemble_dir
 from carid.preprocess import PreprocessSpec
 from carid.runtime.backends import (
@@ -60,7 +61,7 @@ from carid.runtime.backends import (
     check_input_size,
     file_sha256,
 )
-from carid.runtime.calibration import apply_temperature, apply_unknown
+from carid.runtime.calibration import apply_temperature, apply_unknown, export_calibration
 from carid.runtime.inputs import (
     ImageInput,
     PreparedImage,
@@ -105,10 +106,10 @@ _LOADERS: dict[str, PredictorLoader] = {}
 
 
 def register_loader(kind: str, loader: PredictorLoader) -> None:
-    """Let `Predictor.load` hand folders of `kind` ("ensemble") to `loader(path, backend, *,
-    providers, threads, device, tta)`. `carid.runtime.ensemble` registers itself this way (the
-    `carid.runtime` package imports it), which keeps the ensemble predictor, a `Predictor` subclass,
-    out of this module without an import circle. A second loader for the same kind is refused."""
+    """Let `Predictor.load` hand folders of `kind` ("ensemble", "pipeline") to `loader(path, backend, *,
+    providers, threads, device, tta)`. `carid.runtime.ensemble` and `carid.runtime.pipeline` register
+    themselves this way (the `carid.runtime` package imports them), which keeps those `Predictor`
+    subclasses out of this module without an import circle. A second loader for a kind is refused."""
     if kind in _LOADERS and _LOADERS[kind] is not loader:
         raise ValueError(f"a predictor loader for {kind!r} is registered already")
     _LOADERS[kind] = loader
@@ -199,11 +200,12 @@ class Predictor:
             tta = check_mode(tta)
         except TtaError as exc:
             raise PredictorError(str(exc)) from None
-        if is_ensemble_dir(path) or path.name == ENSEMBLE_FILE:
-            load_ensemble = _LOADERS.get("ensemble")
-            if load_ensemble is None:  # only when carid.runtime.ensemble was never imported
-                raise PredictorError(f"{path}: no loader for ensembles is registered")
-            return load_ensemble(path, backend, providers=providers, threads=threads, device=device, tta=tta)
+        kind = _folder_kind(path)
+        if kind is not None:
+            load_kind = _LOADERS.get(kind)
+            if load_kind is None:  # only when carid.runtime was never imported
+                raise PredictorError(f"{path}: no loader for {kind} folders is registered")
+            return load_kind(path, backend, providers=providers, threads=threads, device=device, tta=tta)
         options = _LoadOptions(backend, providers, threads, device, enrolled)
         predictor = cls._load_one(path, options)
         predictor.backend = with_tta(predictor.backend, tta)  # type: ignore[assignment]
@@ -298,7 +300,7 @@ class Predictor:
         checkpoint = run.best_checkpoint
         if not checkpoint.is_file():
             raise PredictorError(f"{run.path}: the run has no {BEST_CHECKPOINT.as_posix()}")
-        return cls._from_checkpoint(checkpoint, options, _export_calibration(run.export, checkpoint))
+        return cls._from_checkpoint(checkpoint, options, export_calibration(run.export, checkpoint))
 
     # --- predicting ------------------------------------------------------------------------------
 
@@ -555,6 +557,15 @@ class Predictor:
         )
 
 
+def _folder_kind(path: Path) -> str | None:
+    """ "ensemble" or "pipeline" for the folders (or their JSON file) that a registered loader opens."""
+    if is_ensemble_dir(path) or path.name == ENSEMBLE_FILE:
+        return "ensemble"
+    if is_pipeline_dir(path) or path.name == PIPELINE_FILE:
+        return "pipeline"
+    return None
+
+
 def _as_list(images: Iterable[ImageInput] | ImageInput) -> list[Any]:
     if isinstance(images, str | Path | bytes | bytearray | Image.Image):
         return [images]
@@ -579,17 +590,3 @@ def with_enrolled_classes(metadata: BundleMetadata, labels: Sequence[str]) -> Bu
     names = (*metadata.class_names, *labels)
     taxonomy = None if metadata.taxonomy is None else Taxonomy.from_class_names(names).to_dict()
     return replace(metadata, class_names=names, taxonomy=taxonomy)
-
-
-def _export_calibration(export: Path, checkpoint: Path) -> dict[str, Any]:
-    """Temperature and unknown threshold of the run's export, when it was made from this checkpoint."""
-    if not (export / METADATA_FILE).is_file():
-        return {}
-    try:
-        metadata = Bundle.load(export).metadata
-    except BundleError as exc:
-        log.warning("ignoring the run's export for calibration: %s", exc)
-        return {}
-    if metadata.source_sha256 != file_sha256(checkpoint):
-        return {}
-    return {"temperature": metadata.temperature, "unknown_threshold": metadata.unknown_threshold}

@@ -1,6 +1,13 @@
 """What a prediction answers: `Prediction` per photo, with its top-k `ClassScore`s, the rolled-up
 `LevelScore`s (make, body type, year), the `Box` in photo pixels and the `Timing`.
 
+One answer per car: `Prediction.all_cars` lists every car in the photo, largest first, each a
+`Prediction` of its own (its box, its `detection_score`, its identity). A pipeline bundle (detector
++ identifier, `carid.runtime.pipeline`) fills `cars` with what the detector found; the photo's own
+fields then repeat the largest car's answer, so a client that reads one answer per photo still gets
+one. A single-model bundle answers the photo as one car: `cars` stays None and `all_cars` is the
+prediction itself.
+
 Frozen dataclasses whose `to_dict()` is what the CLI, the REST API and the web page show.
 """
 
@@ -80,20 +87,24 @@ class Box:
 
 @dataclass(frozen=True)
 class Timing:
-    """Milliseconds spent on one image. inference_ms is the batch's run time divided by its size."""
+    """Milliseconds spent on one image. inference_ms is the batch's run time divided by its size;
+    with a detector, detection_ms is the detector's share (cropping included) and inference_ms the
+    identifier's, over all the photo's cars."""
 
     decode_ms: float = 0.0
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    detection_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
-        return self.decode_ms + self.preprocess_ms + self.inference_ms
+        return self.decode_ms + self.preprocess_ms + self.inference_ms + self.detection_ms
 
     def to_dict(self) -> dict[str, float]:
         return {
             "decode_ms": round(self.decode_ms, 3),
             "preprocess_ms": round(self.preprocess_ms, 3),
+            "detection_ms": round(self.detection_ms, 3),
             "inference_ms": round(self.inference_ms, 3),
             "total_ms": round(self.total_ms, 3),
         }
@@ -114,7 +125,11 @@ class Prediction:
         "unknown": the make can be clear when the exact model is not.
     box: the car in the original photo's pixels (None without a box head).
     image_size: (width, height) of the photo after EXIF orientation.
-    reason: why the label is "unknown", in a sentence for people (None when a class is named).
+    reason: why the label is "unknown", in a sentence for people (None when a class is named); for a
+        photo in which the detector found no car, why there is no answer (the label is then None).
+    detection_score: how sure the detector is that this box holds a car (None without a detector).
+    cars: every car the detector found, largest box first (None: the photo is one car, see
+        `all_cars`; an empty tuple: the detector found none).
     """
 
     source: str
@@ -130,10 +145,19 @@ class Prediction:
     timing: Timing = field(default_factory=Timing)
     error: str | None = None
     reason: str | None = None
+    detection_score: float | None = None
+    cars: tuple[Prediction, ...] | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def all_cars(self) -> tuple[Prediction, ...]:
+        """Every car in the photo, largest first: the detector's, or the photo itself as one car."""
+        if self.cars is not None:
+            return self.cars
+        return (self,) if self.ok else ()
 
     @property
     def top1(self) -> ClassScore | None:
@@ -141,6 +165,11 @@ class Prediction:
         return self.top_k[0] if self.top_k else None
 
     def to_dict(self) -> dict[str, Any]:
+        answer = self._answer_dict()
+        answer["cars"] = [car._answer_dict() for car in self.all_cars]
+        return answer
+
+    def _answer_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "ok": self.ok,
@@ -156,4 +185,5 @@ class Prediction:
             "image_size": None if self.image_size is None else list(self.image_size),
             "timing": self.timing.to_dict(),
             "reason": self.reason,
+            "detection_score": None if self.detection_score is None else round(self.detection_score, 6),
         }

@@ -9,10 +9,15 @@
 Endpoints:
 
     POST /predict   multipart/form-data, field `file` (the photo); query `top_k` (default 5),
-                    `explain=true` (a Grad-CAM overlay, PNG base64, when the torch backend runs)
-                    -> `Prediction.to_dict()` (+ "explanation" when asked)
-    GET  /model     what the model is: classes, taxonomy levels, input size, box, backend,
-                    versions, calibration, whether explanations are available, upload limits
+                    `explain=true` (a Grad-CAM overlay, PNG base64, when a single model runs on
+                    the torch backend) -> `Prediction.to_dict()`: the largest car's answer plus
+                    `cars`, every car in the photo, largest box first (one entry for a model
+                    without a detector; none, with a `reason`, when a pipeline finds no car)
+                    (+ "explanation" when asked)
+    GET  /model     what the model is: kind ("model", "ensemble" or "pipeline": detector +
+                    identifier, with the detector's settings and the crop rule), classes, taxonomy
+                    levels, input size, box, backend, versions, calibration, whether explanations
+                    are available, upload limits
     GET  /health    status, model loaded, uptime, inferences running / waiting, requests in
                     progress (never needs the API key; /predict and /model do when one is set)
     GET  /docs      OpenAPI (Swagger UI); GET /openapi.json
@@ -28,8 +33,11 @@ Inference runs in the thread pool (`run_in_threadpool`), at most `inference_slot
 (default 1: ONNX Runtime already uses every core for one image, so the server never asks for more
 CPU than there is; docs/serve.md has the measurements); up to `max_waiting` requests queue behind
 them, beyond that the answer is 503.
+The answers' shapes (for /docs) are the pydantic models of `carid.serve.schemas`.
 Like `carid.runtime.predictor`, this module imports without torch; the Grad-CAM explainer
-(`carid.explain`) is imported only when the torch backend is loaded.
+(`carid.explain`) is imported only when the torch backend is loaded. Its overlay is captioned here
+from the answer (label and calibrated probability) rather than by `carid.explain`, whose caption
+gives the network's raw softmax: the page must not show two different percentages for one answer.
 """
 
 from __future__ import annotations
@@ -49,12 +57,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carid import __version__
+from carid.runtime.pipeline import PipelinePredictor
 from carid.runtime.predictor import Predictor
 from carid.runtime.results import ROLL_UP_LEVELS, Prediction
 from carid.serve.limits import (
@@ -66,6 +74,7 @@ from carid.serve.limits import (
     read_limited,
     upload_name,
 )
+from carid.serve.schemas import ErrorAnswer, ModelAnswer, PredictAnswer
 from carid.serve.security import (
     API_KEY_HEADER,
     ApiKeyGuard,
@@ -100,12 +109,13 @@ CLOSE = {"Connection": "close"}
 
 @dataclass(frozen=True)
 class Explainer:
-    """Grad-CAM for uploads when the model runs on PyTorch and `carid.explain` imports; else the reason.
+    """Grad-CAM for uploads when one model runs on PyTorch and `carid.explain` imports; else the reason.
 
-    run: (photo bytes, class index to explain) -> (overlay PIL image, `GradCamResult.to_dict()`).
+    run: (photo bytes, class index to explain, caption) -> (overlay PIL image with `caption` printed
+    under it, `GradCamResult.to_dict()`).
     """
 
-    run: Callable[[bytes, int | None], tuple[Any, dict[str, Any]]] | None
+    run: Callable[[bytes, int | None, str], tuple[Any, dict[str, Any]]] | None
     reason: str | None = None
 
     @property
@@ -126,8 +136,9 @@ class Explainer:
         from carid.explain import png_bytes
 
         target = prediction.top1.index if prediction.top1 is not None else None
+        caption = gradcam_caption(prediction)
         try:
-            overlay, details = self.run(data, target)
+            overlay, details = self.run(data, target, caption)
         except ValueError as exc:  # ExplainError, ImageError: the photo or the network cannot be explained
             return {"available": False, "reason": str(exc)}
         png = png_bytes(overlay)
@@ -139,14 +150,40 @@ class Explainer:
             "width": overlay.width,
             "height": overlay.height,
             "target_label": details.get("target_label"),
+            "probability": None if prediction.probability is None else round(prediction.probability, 6),
+            "caption": caption,
             "details": details,
         }
 
 
+def percent(probability: float) -> str:
+    """A probability as the web page writes it (app.js `percent`): one decimal, e.g. "31.0%"."""
+    return f"{probability * 100:.1f}%"
+
+
+def gradcam_caption(prediction: Prediction) -> str:
+    """The overlay's caption: the class explained (the top class) and the ANSWER's probability (after
+    temperature scaling and TTA, what the page shows), never the network's raw softmax."""
+    top1 = prediction.top1
+    if top1 is None:
+        return "Grad-CAM"
+    probability = prediction.probability if prediction.probability is not None else top1.probability
+    if prediction.unknown:
+        return f"Grad-CAM for {top1.label}, the best guess ({percent(probability)}; answer: not sure)"
+    return f"Grad-CAM for {top1.label} ({percent(probability)})"
+
+
 def explainer_for(predictor: Predictor, enabled: bool = True) -> Explainer:
-    """Grad-CAM when possible: `enabled`, the torch backend, and `carid.explain` importable."""
+    """Grad-CAM when possible: `enabled`, one model (not a pipeline) on the torch backend, and
+    `carid.explain` importable."""
     if not enabled:
         return Explainer(None, "explanations are switched off on this server")
+    if isinstance(predictor, PipelinePredictor):
+        return Explainer(
+            None,
+            "Grad-CAM is not available for a detect-then-identify pipeline: it explains one network's "
+            "answer on a whole photo, and this server finds each car with a detector first",
+        )
     network = getattr(predictor.backend, "network", None)
     if predictor.backend_name != "torch" or network is None:
         return Explainer(
@@ -155,13 +192,20 @@ def explainer_for(predictor: Predictor, enabled: bool = True) -> Explainer:
             "(needs the train extra and the bundle's source checkpoint)",
         )
     try:
-        from carid.explain import gradcam_overlay
+        from carid.explain import compute_gradcam, prepare_photo, render_heatmap_overlay, resolve_model
     except ImportError as exc:
         return Explainer(None, f"Grad-CAM is not installed here ({exc}); pip install 'carid[train]'")
     metadata = predictor.metadata
 
-    def run(data: bytes, target: int | None) -> tuple[Any, dict[str, Any]]:
-        return gradcam_overlay(network, metadata, data, target=target)
+    def run(data: bytes, target: int | None, caption: str) -> tuple[Any, dict[str, Any]]:
+        # `carid.explain.gradcam_overlay` without its caption (see the module docstring)
+        model = resolve_model(network, metadata)
+        photo = prepare_photo(data, model.spec)
+        result = compute_gradcam(model, photo, target=target)
+        overlay = render_heatmap_overlay(
+            photo.image, result.heatmap, caption=caption, box=result.box, original_size=photo.original_size
+        )
+        return overlay, result.to_dict()
 
     return Explainer(run)
 
@@ -231,13 +275,17 @@ def without_paths(value: Any) -> Any:
 
 
 def model_description(predictor: Predictor, settings: ServeSettings, explainer: Explainer) -> dict[str, Any]:
-    """What GET /model answers: `Predictor.info()` without server-side paths, plus serving facts."""
+    """What GET /model answers (`schemas.ModelAnswer`): `Predictor.info()` without server-side paths,
+    what kind of model it is, plus serving facts."""
     info = without_paths(predictor.info())
     levels = (
         ["class", *ROLL_UP_LEVELS] if predictor.taxonomy is not None else [predictor.metadata.label_level]
     )
+    kind = info.get("kind") or ("ensemble" if "ensemble" in info else "model")
     return {
         **info,
+        "kind": kind,
+        "pipeline": kind == "pipeline",
         "taxonomy_levels": levels,
         "input_size": {"height": predictor.spec.height, "width": predictor.spec.width},
         "versions": dict(predictor.metadata.versions),
@@ -247,17 +295,6 @@ def model_description(predictor: Predictor, settings: ServeSettings, explainer: 
         "max_top_k": settings.max_top_k,
         "server_version": __version__,
     }
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="stable machine-readable code, e.g. 'too_many_pixels'")
-    message: str = Field(description="what is wrong, naming the uploaded file")
-
-
-class ErrorResponse(BaseModel):
-    """The body of every error answer (for the OpenAPI description)."""
-
-    error: ErrorDetail
 
 
 def error_response(
@@ -322,7 +359,7 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
     app = FastAPI(
         title="carid",
         version=__version__,
-        summary="Identify the car in a photo: make, model, year or body type, and where the car is.",
+        summary="Identify the cars in a photo: make, model, year or body type, and where each car is.",
         docs_url="/docs",
         redoc_url=None,
     )
@@ -362,17 +399,19 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
         dependencies=secured,
         responses={
             200: {
-                "description": "`Prediction.to_dict()`: label, probability, unknown, top_k, make, "
-                "body_type, year, box (original pixels, xyxy), image_size, timing; plus "
-                "`explanation` when asked"
+                "model": PredictAnswer,
+                "description": "`Prediction.to_dict()`: the largest car's label, probability, unknown, "
+                "reason, top_k, make, body_type, year, box (original pixels, xyxy), detection_score, "
+                "image_size, timing; `cars`: every car, largest box first, with the same fields; "
+                "plus `explanation` when asked",
             },
-            400: {"model": ErrorResponse, "description": "empty file, several files, bad form or Host"},
-            401: {"model": ErrorResponse, "description": "no or a wrong X-API-Key (servers with a key)"},
-            408: {"model": ErrorResponse, "description": "the upload did not arrive in time"},
-            413: {"model": ErrorResponse, "description": "file too large or too many pixels"},
-            415: {"model": ErrorResponse, "description": "not a JPEG, PNG, WebP, GIF, BMP or TIFF image"},
-            422: {"model": ErrorResponse, "description": "no field 'file', bad parameter, corrupt image"},
-            503: {"model": ErrorResponse, "description": "too many requests at once or waiting; retry"},
+            400: {"model": ErrorAnswer, "description": "empty file, several files, bad form or Host"},
+            401: {"model": ErrorAnswer, "description": "no or a wrong X-API-Key (servers with a key)"},
+            408: {"model": ErrorAnswer, "description": "the upload did not arrive in time"},
+            413: {"model": ErrorAnswer, "description": "file too large or too many pixels"},
+            415: {"model": ErrorAnswer, "description": "not a JPEG, PNG, WebP, GIF, BMP or TIFF image"},
+            422: {"model": ErrorAnswer, "description": "no field 'file', bad parameter, corrupt image"},
+            503: {"model": ErrorAnswer, "description": "too many requests at once or waiting; retry"},
         },
     )
     async def predict(
@@ -383,7 +422,8 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
         top_k: int = Query(settings.top_k, ge=1, le=settings.max_top_k, description="Classes to list."),
         explain: bool = Query(False, description="Add a Grad-CAM overlay (PNG, base64); torch backend only."),
     ) -> JSONResponse:
-        """Identify the car in one photo."""
+        """Identify every car in one photo (largest first); a model without a detector answers the
+        photo as one car."""
         await one_file_only(request)
         name = upload_name(file.filename)
         data = await read_limited(file, limits.max_upload_bytes, name)
@@ -409,11 +449,13 @@ def build_app(predictor: Predictor, settings: ServeSettings | None = None) -> Fa
             body["explanation"] = explanation
         return JSONResponse(body)
 
-    @app.get("/model", dependencies=secured)
-    async def model() -> dict[str, Any]:
-        """What the model is: classes, taxonomy levels, input size, box head, backend, versions,
-        calibration, whether Grad-CAM explanations are available, and the upload limits."""
-        return description
+    @app.get("/model", dependencies=secured, responses={200: {"model": ModelAnswer}})
+    async def model() -> JSONResponse:
+        """What the model is: its kind (one model, an ensemble, or a pipeline that finds every car
+        with a detector, with the detector's settings and crop rule), classes, taxonomy levels,
+        input size, box head, backend, versions, calibration, whether Grad-CAM explanations are
+        available, and the upload limits."""
+        return JSONResponse(description)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

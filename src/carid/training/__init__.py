@@ -7,6 +7,7 @@
     callbacks.py  staged unfreezing and the run's callbacks;  lr_find.py  the learning-rate finder
     module.py     CarModule;  datamodule.py, transforms.py  the data;  features.py  the feature cache
     plots.py      curves.png and reading metrics.csv
+    detection.py, detection_data.py  task: detect: DetectionModule (torchvision loss, mAP) and its data
 
 Import the submodules directly (`carid.training.fit`, `carid.training.module`); this package file
 imports nothing so that `import carid.training` stays cheap.

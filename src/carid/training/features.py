@@ -21,6 +21,9 @@ weights (a hash of its state dict), the preprocessing spec (image size, resize m
 every sample's path, file size and modification time, label and box, whether maps are cached, and
 the augmentation passes (with their settings and seed). Anything else changed gives a new key; a
 second run with the same key loads the file (a cache hit) instead of running the backbone.
+
+With `train.freeze` at a backbone stage instead of "backbone", the cache holds the activations of the
+frozen front at that stage and the later stages train too: `carid.training.stage_cache`.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def backbone_fingerprint(network: CarNet) -> str:
     return digest.hexdigest()
 
 
-def _samples_fingerprint(dataset: CarDataset) -> str:
+def samples_fingerprint(dataset: CarDataset) -> str:
+    """sha256 (hex) of every sample's path, file size and modification time, label and boxes."""
     digest = hashlib.sha256()
     for sample, label in zip(dataset.samples, dataset.labels, strict=True):
         try:
@@ -119,7 +123,7 @@ def cache_key(
         "backbone": backbone_fingerprint(network),
         "preprocess": datamodule.spec.to_dict(),
         "decode_min_side": datamodule.decode_min_side,
-        "splits": {split: _samples_fingerprint(datamodule.dataset(split)) for split in splits},
+        "splits": {split: samples_fingerprint(datamodule.dataset(split)) for split in splits},
         "augment_passes": augment_passes,
         "feature_map": network.box_reads_feature_map,
     }
@@ -171,7 +175,9 @@ def extract_features(
     return {name: torch.cat(values) for name, values in collected.items()}
 
 
-def _augmented_loader(datamodule: CarDataModule, seed: int) -> DataLoader:
+def augmented_loader(datamodule: CarDataModule, seed: int) -> DataLoader:
+    """The train images through the run's train transform, in table order, seeded: the same seed
+    draws the same augmentations (one pass of `augment_passes`)."""
     dataset = datamodule.dataset("train", augment=True)
     dataset.transform.set_seed(seed)
     generator = torch.Generator()
@@ -231,7 +237,7 @@ def build_feature_cache(
             ]
             if split == "train":
                 for number in range(augment_passes):
-                    loader = _augmented_loader(datamodule, seed + 1 + number)
+                    loader = augmented_loader(datamodule, seed + 1 + number)
                     parts.append(
                         extract_features(
                             network, loader, device, progress, f"augmented features {number + 1}"

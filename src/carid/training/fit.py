@@ -38,7 +38,7 @@ from lightning.pytorch.loggers import Logger
 
 from carid import __version__
 from carid.artifacts.checkpoint import ModelMetadata
-from carid.config import Config, ConfigError, apply_overrides, load_config, save_config, to_dict
+from carid.config import Config, ConfigError, TrainConfig, apply_overrides, load_config, save_config, to_dict
 from carid.files import write_json
 from carid.preprocess import INTERPOLATIONS, PreprocessSpec
 from carid.training.callbacks import build_callbacks, monitor_mode
@@ -50,6 +50,7 @@ from carid.training.module import CarModule
 from carid.training.plots import epoch_metrics, plot_curves
 from carid.training.run_data import PreparedData, load_run_data, prepare_labels
 from carid.training.run_setup import BEST, CHECKPOINT_DIR, LAST, RUN_DIR_ENV, is_ddp_worker, resolve_run_dir
+from carid.training.stage_cache import build_stage_training, is_stage_freeze
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +126,27 @@ def train(
 
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     table = load_run_data(config, run_dir, reuse_split=resuming or worker, write=write, progress=progress)
-    prepared = prepare_labels(table, config.data.label_level)
-    module, datamodule = build_model(config, prepared, run_dir.name)
+    if config.task == "detect":
+        from carid.training.detection import build_detection
+
+        module, datamodule = build_detection(config, table, run_dir.name)
+    else:
+        module, datamodule = build_model(config, prepare_labels(table, config.data.label_level), run_dir.name)
     if config.train.fit_on_val:
         datamodule.join_val_to_train()
 
     feature_cache = None
     fit_data: L.LightningDataModule = datamodule
-    if config.train.cache_features:
+    if config.train.cache_features and is_stage_freeze(config.train.freeze):
+        module, fit_data, feature_cache = build_stage_training(
+            module,
+            datamodule,
+            config.train,
+            Path(config.run_dir).expanduser().resolve() / "feature-cache",
+            device="cuda" if uses_cuda(config.train.accelerator) else "cpu",
+            progress=progress,
+        )
+    elif config.train.cache_features:
         from carid.training.features import FeatureDataModule, build_feature_cache
 
         cached, feature_cache = build_feature_cache(
@@ -148,7 +162,7 @@ def train(
 
     has_val = bool(datamodule.positions["val"]) and config.train.limit_val_batches != 0
     # a refit keeps its last epoch (monitor None): train/loss would pick by augmented-batch noise
-    monitor = None if config.train.fit_on_val else config.train.monitor if has_val else "train/loss"
+    monitor = None if config.train.fit_on_val else _monitor(config) if has_val else "train/loss"
     checkpointing, all_callbacks = build_callbacks(config, run_dir, monitor, progress)
     keep = checkpoint_progress(last_path) if resuming and write else None
     loggers: list[Logger] = [ResumableCSVLogger(run_dir, keep_through=keep)]
@@ -246,7 +260,7 @@ def train(
         "num_classes": module.metadata.num_classes,
         "label_level": config.data.label_level,
         "with_box": module.with_box,
-        "dataset": prepared.source,
+        "dataset": str(table.root),
         "split_counts": {split: len(positions) for split, positions in datamodule.positions.items()},
         "lr": module.lr,
         "lr_find": lr_found,
@@ -313,12 +327,24 @@ def train_from_cli(
 # --- helpers of train ----------------------------------------------------------------------------
 
 
+def _monitor(config: Config) -> str:
+    """train.monitor; a detect run left at the classification default keeps its best by val/map50."""
+    if config.task == "detect" and config.train.monitor == TrainConfig.monitor:
+        return "val/map50"
+    return config.train.monitor
+
+
 def _check_combinations(config: Config) -> None:
     train = config.train
-    if train.cache_features and str(train.freeze).lower() != "backbone":
+    if config.task == "detect" and (train.cache_features or train.unfreeze or str(train.freeze) != "none"):
         raise ConfigError(
-            "train.cache_features needs train.freeze: backbone "
-            "(features can only be cached from a frozen backbone)"
+            "task: detect trains the whole detector: train.cache_features, train.freeze and "
+            "train.unfreeze are for classification only"
+        )
+    if train.cache_features and str(train.freeze).lower() != "backbone" and not is_stage_freeze(train.freeze):
+        raise ConfigError(
+            "train.cache_features needs train.freeze: backbone (pooled features) or a backbone stage "
+            "such as blocks.5 (the stage cache): features can only be cached from a frozen front"
         )
     if train.cache_features and train.unfreeze:
         raise ConfigError(

@@ -2,13 +2,16 @@
 
 `config.data.split_csv` when set, else `config.data.path` (or the default shared dataset via
 `resolve_data_path`) read, checked and split by `inspect_dataset`; samples with error-level
-problems are left out. A resumed run (and every DDP worker) reads the run's own split.csv. With
+problems are left out. `data.train_extra` datasets join the training split only (their samples
+are added after the split is made, and the run's split.csv lists them). A resumed run (and every
+DDP worker) reads the run's own split.csv. With
 `data.label_level` other than "class", labels are mapped through the taxonomy parsed from the class
 names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,7 +63,7 @@ def load_run_data(
         split_path = Path(config.data.split_csv).expanduser()
         if not split_path.exists():
             raise ConfigError(f"data.split_csv: {split_path}: no such file")
-        table = load_split(split_path)
+        table = with_train_extra(load_split(split_path), config, progress)
         if write:
             save_split(table, splits_of(table), run_split, seed=config.data.seed)
         return table
@@ -77,7 +80,34 @@ def load_run_data(
     )
     if inspection.splits is None:
         raise ConfigError(f"{data_path}: the data job produced no split")
-    return _table_with_splits(inspection.report.usable(), inspection.splits)
+    table = _table_with_splits(inspection.report.usable(), inspection.splits)
+    if config.data.train_extra:
+        table = with_train_extra(table, config, progress)
+        if write:
+            save_split(table, splits_of(table), run_split, seed=config.data.seed)
+    return table
+
+
+def with_train_extra(table: SampleTable, config: Config, progress: bool) -> SampleTable:
+    """`table` plus the usable samples of every `data.train_extra` dataset, all in the train split
+    (read and checked like the main data, `data.exclude` applied); classes are the union."""
+    if not config.data.train_extra:
+        return table
+    from carid.data.inspect import inspect_dataset
+
+    samples = list(table.samples)
+    classes = list(table.classes)
+    for extra in config.data.train_extra:
+        path = Path(extra).expanduser()
+        if not path.exists():
+            raise ConfigError(f"data.train_extra: {path}: no such file or folder")
+        extra_data = dataclasses.replace(config.data, path=str(path), format=None, split_csv=None)
+        inspection = inspect_dataset(path, extra_data, config.check, split=False, progress=progress)
+        usable = inspection.report.usable()
+        samples.extend(sample.with_(split="train") for sample in usable.samples)
+        classes.extend(name for name in usable.classes if name not in classes)
+        log.info("data.train_extra: %d samples of %s join the training split", len(usable.samples), path)
+    return SampleTable(samples, classes, table.root, table.format, list(table.problems))
 
 
 def prepare_labels(table: SampleTable, level: str) -> PreparedData:

@@ -2,8 +2,9 @@
 find it. (The layout a finished run folder is read by is `carid.artifacts.run_dir`.)
 
 `{config.run_dir}/{name}/` is named `config.name`, else the name given by the caller (the CLI passes
-the config file's stem), else "{backbone}-{label level}-{size}px"; an automatic name gets "-2",
-"-3", ... when a run of that name exists. Resuming continues the run of that name (the newest
+the config file's stem), else "{backbone}-{label level}-{size}px" (a detector:
+"{backbone}-{architecture}-{width}x{height}"); an automatic name gets "-2", "-3", ... when a run of
+that name exists. Resuming continues the run of that name (the newest
 numbered one for automatic names). Lightning's DDP launcher re-runs the command for the other ranks;
 those find the run directory through the `CARID_TRAIN_RUN_DIR` environment variable (`RUN_DIR_ENV`).
 """
@@ -23,6 +24,9 @@ LAST = LAST_CHECKPOINT.stem
 
 
 def default_run_name(config: Config) -> str:
+    if config.task == "detect":
+        width, height = config.detect.image_size
+        return f"{config.detect.backbone}-{config.detect.architecture}-{width}x{height}"
     return f"{config.model.backbone}-{config.data.label_level}-{config.model.image_size}px"
 
 
