@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from carid.cli import app
 from carid.config import Config, from_dict
-from carid.pipeline import answer_text, quickstart_config, run_main_job
+from carid.pipeline import answer_text, example_summary, operating_point_text, quickstart_config, run_main_job
 from carid.runtime.results import ClassScore, Prediction
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 
@@ -57,6 +57,25 @@ def test_answer_text_names_the_best_guess_and_the_threshold_it_missed() -> None:
 
     assert answer_text(known, 0.5) == "Audi TTS Coupe 2012 (87.0%)"
     assert answer_text(unknown, 0.96) == (
-        "unknown: best guess Audi TTS Coupe 2012 at 41.0%, below the 96.0% threshold"
+        "not sure: best guess Audi TTS Coupe 2012 at 41.0%, below the 96.0% threshold"
     )
     assert answer_text(broken, None) == "error: c.jpg: not an image"
+
+
+def test_the_summary_counts_right_answers_and_right_best_guesses() -> None:
+    audi = ClassScore(index=3, label="Audi TTS Coupe 2012", probability=0.41)
+    bmw = ClassScore(index=4, label="BMW M3 Coupe 2012", probability=0.9)
+    answers = [
+        Prediction(source="a.jpg", label=bmw.label, probability=0.9, top_k=(bmw,)),
+        Prediction(source="b.jpg", label=bmw.label, probability=0.9, top_k=(bmw,)),
+        Prediction(source="c.jpg", label="unknown", probability=0.41, unknown=True, top_k=(audi,)),
+        Prediction(source="d.jpg", label="unknown", probability=0.41, unknown=True, top_k=(audi,)),
+    ]
+    labels = [bmw.label, audi.label, audi.label, bmw.label]
+    assert example_summary(answers, labels) == [
+        "examples: 1 of 2 answers right; 2 not sure, 1 of them with the right best guess"
+    ]
+    rejection = {"coverage": 0.641, "threshold": 0.412, "answered_accuracy": 0.913}
+    assert operating_point_text(rejection) == (
+        "operating point: answers 64.1% of the test photos (threshold 41.2%); 91.3% of those answers right"
+    )
