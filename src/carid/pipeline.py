@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 QUICKSTART = "quickstart.yaml"
 PREDICT_EXAMPLES = 5
+# The main job's "unknown" threshold: the lowest one whose validation answers are 90 % right, unless
+# that answers fewer than 60 % of the photos; then the one that still answers 60 % (an answer a user
+# can act on beats a "not sure"). Both figures go into the bundle (model.json extra.operating_point).
+TARGET_PRECISION = 0.90
+MIN_COVERAGE = 0.60
 
 
 @dataclass
@@ -107,7 +112,13 @@ def run_main_job(
 
     done = stage("evaluate")
     report = evaluate(
-        run.run_dir, split="test", out_dir=out_dir / "evaluation", fit_calibration=True, progress=progress
+        run.run_dir,
+        split="test",
+        out_dir=out_dir / "evaluation",
+        fit_calibration=True,
+        target_precision=TARGET_PRECISION,
+        min_coverage=MIN_COVERAGE,
+        progress=progress,
     )
     result.paths["evaluation"] = report.paths["report"]
     result.metrics["test/acc"] = float(report.accuracy)
@@ -119,10 +130,19 @@ def run_main_job(
     if report.calibration is not None:
         from carid.artifacts.bundle import update_calibration
 
+        choice = report.calibration.threshold
         update_calibration(
             exported.bundle.path,
             temperature=report.calibration.temperature,
-            unknown_threshold=report.calibration.threshold.threshold,
+            unknown_threshold=choice.threshold,
+            operating_point={
+                "target_precision": choice.target_precision,
+                "min_coverage": choice.min_coverage,
+                "val_precision": choice.precision,
+                "val_coverage": choice.coverage,
+                "reached": choice.achievable,
+                "message": choice.message,
+            },
         )
     result.paths["bundle"] = exported.bundle.path
     done()

@@ -168,6 +168,14 @@ def test_update_calibration_rewrites_only_what_is_given(tmp_path: Path) -> None:
     assert (folder / METADATA_FILE).read_text(encoding="utf-8") == before
     cleared = update_calibration(folder, unknown_threshold=None)
     assert cleared.metadata.unknown_threshold is None and cleared.metadata.temperature == 2.5
+    point = {"target_precision": 0.9, "min_coverage": 0.6, "val_precision": 0.84, "val_coverage": 0.6}
+    stored = update_calibration(folder, unknown_threshold=0.3, operating_point=point)
+    assert (
+        Bundle.load(folder).metadata.extra["operating_point"]
+        == point
+        == stored.metadata.extra["operating_point"]
+    )
+    assert {k: v for k, v in stored.metadata.extra.items() if k != "operating_point"} == make_metadata().extra
 
 
 def test_from_checkpoint_metadata_keeps_the_checkpoint_fields() -> None:

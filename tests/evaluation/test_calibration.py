@@ -205,3 +205,19 @@ def test_apply_unknown() -> None:
     assert stats.coverage == pytest.approx((indices[LABELS >= 0] != UNKNOWN_INDEX).mean())
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
         apply_unknown(PROBS, -0.1)
+
+
+def test_keep_coverage_answers_the_least_accepted_share_when_precision_would_answer_fewer() -> None:
+    # 10 images, confidence falling; right, right, wrong, right, wrong, right, wrong, wrong, right, wrong
+    confidence = np.linspace(0.95, 0.5, 10)
+    correct = np.array([1, 1, 0, 1, 0, 1, 0, 0, 1, 0], dtype=bool)
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    labels = np.where(correct, 0, 1)
+    strict = choose_unknown_threshold(probabilities, labels, 0.9, min_coverage=0.6)
+    assert not strict.achievable and strict.coverage == pytest.approx(0.2)  # answers only the top 2
+    kept = choose_unknown_threshold(probabilities, labels, 0.9, min_coverage=0.6, keep_coverage=True)
+    assert not kept.achievable and kept.coverage == pytest.approx(0.6)
+    assert kept.threshold == pytest.approx(confidence[5]) and kept.precision == pytest.approx(4 / 6)
+    assert "keeping that coverage" in kept.message
+    reachable = choose_unknown_threshold(probabilities, labels, 0.6, min_coverage=0.6, keep_coverage=True)
+    assert reachable.achievable and reachable.coverage >= 0.6  # the precision target wins when it can

@@ -390,11 +390,14 @@ def update_calibration(
     path: Path | str,
     temperature: float | None = None,
     unknown_threshold: float | EllipsisType | None = ...,
+    operating_point: Mapping[str, Any] | None = None,
 ) -> Bundle:
     """Set a bundle's temperature and/or unknown threshold; what the calibration step calls.
 
     temperature: None keeps the current one. unknown_threshold: ... (the default) keeps the current
-    one, None removes it (never answer "unknown"). The new values are validated like the rest of
+    one, None removes it (never answer "unknown"). operating_point: what the threshold was chosen
+    for and gives on validation (target precision, least coverage, precision, coverage), kept in
+    `extra["operating_point"]`. The new values are validated like the rest of
     model.json before the file is replaced. Holds the bundle folder's lock, as `carid enroll` does,
     so neither undoes the other's change.
     """
@@ -406,6 +409,8 @@ def update_calibration(
     bundle = Bundle.load(path)
     with folder_lock(bundle.path):
         bundle = Bundle.load(bundle.path)
+        if operating_point is not None:
+            changes["extra"] = {**bundle.metadata.extra, "operating_point": dict(operating_point)}
         metadata = replace(bundle.metadata, **changes)
         metadata = BundleMetadata.from_dict(metadata.to_dict(), source=f"{bundle.metadata_path} (update)")
         write_metadata(bundle.path, metadata)

@@ -98,6 +98,16 @@ TargetPrecisionOption = Annotated[
     float | None,
     typer.Option("--target-precision", help="Precision the 'unknown' threshold must reach (default 0.95)."),
 ]
+MinCoverageOption = Annotated[
+    float | None,
+    typer.Option(
+        "--min-coverage",
+        min=0.0,
+        max=1.0,
+        help="Share of photos the 'unknown' threshold must keep answering when the precision target "
+        "would answer fewer (default 0: precision only).",
+    ),
+]
 TtaOption = Annotated[
     str | None,
     typer.Option(

@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from carid.cli.app import FormatOption, TargetPrecisionOption, given, out_option, print_error, say
+from carid.cli.app import (
+    FormatOption,
+    MinCoverageOption,
+    TargetPrecisionOption,
+    given,
+    out_option,
+    print_error,
+    say,
+)
 
 
 def export(
@@ -118,6 +126,7 @@ def calibrate(
     split: Annotated[str | None, typer.Option(help="Split to fit on (default val).")] = None,
     fmt: FormatOption = None,
     target_precision: TargetPrecisionOption = None,
+    min_coverage: MinCoverageOption = None,
     no_threshold: Annotated[bool, typer.Option("--no-threshold", help="Store the temperature only.")] = False,
     backend: Annotated[str | None, typer.Option(help="auto, onnx or torch.")] = None,
 ) -> None:
@@ -130,7 +139,7 @@ def calibrate(
         data_format=fmt,
         set_threshold=not no_threshold,
         progress=True,
-        **given(split=split, target_precision=target_precision, backend=backend),
+        **given(split=split, target_precision=target_precision, min_coverage=min_coverage, backend=backend),
     )
     for line in update.summary_lines():
         say(line)

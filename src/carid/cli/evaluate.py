@@ -13,6 +13,7 @@ import typer
 
 from carid.cli.app import (
     FormatOption,
+    MinCoverageOption,
     OutOption,
     TargetPrecisionOption,
     TtaOption,
@@ -46,6 +47,7 @@ def evaluate(
         ),
     ] = False,
     target_precision: TargetPrecisionOption = None,
+    min_coverage: MinCoverageOption = None,
     unknown_threshold: Annotated[
         float | None, typer.Option(help="Report coverage/accuracy answering 'unknown' below this top-1.")
     ] = None,
@@ -61,6 +63,7 @@ def evaluate(
     options = given(
         split=split,
         target_precision=target_precision,
+        min_coverage=min_coverage,
         unknown_threshold=unknown_threshold,
         batch_size=batch_size,
         num_workers=workers,

@@ -109,6 +109,7 @@ def calibrate_model(
     *,
     split: str = "val",
     target_precision: float = DEFAULT_TARGET_PRECISION,
+    min_coverage: float = 0.0,
     set_threshold: bool = True,
     data_format: str | None = None,
     backend: str | None = None,
@@ -123,7 +124,8 @@ def calibrate_model(
     ensemble's log combined probabilities), so it replaces the stored one rather than stacking on
     it; the threshold is the smallest top-1 probability whose answers reach `target_precision` on
     the temperature-scaled probabilities (`fit_val_calibration`); it is stored only when it reaches
-    the target (else the stored threshold is kept and the summary says why). set_threshold False
+    the target (else the stored threshold is kept and the summary says why), or, with `min_coverage`,
+    the highest one still answering that share when the target would answer fewer. set_threshold False
     stores the temperature only. Written atomically with `carid.artifacts.bundle.update_calibration` (or
     `update_ensemble_calibration`).
     """
@@ -145,8 +147,9 @@ def calibrate_model(
     scores = source.score(evaluation_data.samples, progress=progress)
     kept = [sample for sample, ok in zip(evaluation_data.samples, scores.ok, strict=True) if ok]
     labels = align_labels(kept, source.class_names, source.label_level).labels
-    fit = fit_val_calibration(scores.logits[scores.ok], labels, target_precision)
-    stored_threshold = set_threshold and fit.threshold.achievable
+    fit = fit_val_calibration(scores.logits[scores.ok], labels, target_precision, min_coverage=min_coverage)
+    # with a least coverage, the threshold keeping it is the choice even below the precision target
+    stored_threshold = set_threshold and (fit.threshold.achievable or min_coverage > 0)
     threshold: float | EllipsisType = fit.threshold.threshold if stored_threshold else ...
     if kind == "ensemble":
         previous = Ensemble.load(path).metadata

@@ -141,6 +141,7 @@ def choose_unknown_threshold(
     target_precision: float,
     min_coverage: float = 0.0,
     ood_probabilities: object | None = None,
+    keep_coverage: bool = False,
 ) -> ThresholdChoice:
     """The smallest top-1 probability threshold whose answers reach `target_precision`.
 
@@ -157,6 +158,10 @@ def choose_unknown_threshold(
     with the highest precision (the lowest one on ties); when the target is reached only below
     `min_coverage`, it is the smallest threshold that reaches the target, also with `achievable`
     False. `message` explains either case.
+    keep_coverage: a coverage a user accepts comes first: when the target precision needs answering
+        fewer than `min_coverage` of the samples (or is out of reach), the threshold is instead the
+        highest one that still answers `min_coverage` of them (the best precision at that coverage);
+        `achievable` stays False and `message` says which precision that coverage costs.
     """
     if not 0.0 < float(target_precision) <= 1.0:
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
@@ -220,6 +225,13 @@ def choose_unknown_threshold(
         message = (
             f"no threshold reaches precision {target:.4f}; the best is {precision[pick]:.4f} at top-1 "
             f"probability >= {thresholds[pick]:.4g}, answering {coverage[pick]:.1%} of validation images"
+        )
+    if keep_coverage and not achievable and least_coverage > 0:
+        pick = int(np.flatnonzero(coverage >= least_coverage)[0])
+        message = (
+            f"precision {target:.4f} would leave fewer than {least_coverage:.1%} of validation images "
+            f"answered; keeping that coverage, answering at top-1 probability >= {thresholds[pick]:.4g} "
+            f"gives precision {precision[pick]:.4f} on {coverage[pick]:.1%} of them"
         )
     answers_everything = pick == len(run_end) - 1
     return ThresholdChoice(

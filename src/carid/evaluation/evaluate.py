@@ -226,6 +226,7 @@ def evaluate(
     data_format: str | None = None,
     fit_calibration: bool = False,
     target_precision: float = DEFAULT_TARGET_PRECISION,
+    min_coverage: float = 0.0,
     unknown_threshold: float | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
@@ -242,7 +243,8 @@ def evaluate(
     model_path: run folder, checkpoint or bundle. data / split: see the module docstring.
     out_dir: where to write (default: `default_out_dir`); nothing is written with write=False.
     fit_calibration: also fit a temperature and an "unknown" threshold for
-        `target_precision` on the validation split of the same data (writes calibration.json).
+        `target_precision` on the validation split of the same data (writes calibration.json);
+        min_coverage: the share of images the threshold must keep answering (0: precision only).
     unknown_threshold: report coverage / accuracy when answering "unknown" below this top-1
         probability (the model's own probabilities, no temperature).
     device, batch_size, num_workers: PyTorch scoring; backend: the bundle predictor's backend.
@@ -332,7 +334,12 @@ def evaluate(
         val_data = data_source.select("val")
         val_scored, _, _, _ = _score_split(source, val_data, progress)
         calibration = fit_val_calibration(
-            val_scored.logits, val_scored.labels, target_precision, scored.logits, scored.labels
+            val_scored.logits,
+            val_scored.labels,
+            target_precision,
+            scored.logits,
+            scored.labels,
+            min_coverage=min_coverage,
         )
         timing["calibration"] = time.perf_counter() - tick
 

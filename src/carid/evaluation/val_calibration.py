@@ -57,9 +57,12 @@ def fit_val_calibration(
     target_precision: float = DEFAULT_TARGET_PRECISION,
     eval_logits: np.ndarray | None = None,
     eval_labels: np.ndarray | None = None,
+    min_coverage: float = 0.0,
 ) -> CalibrationFit:
     """Fit T on the validation logits [N, C] / labels [N] (-1 ignored), choose the threshold for
-    `target_precision`, and (optionally) measure both on the evaluated split's logits and labels."""
+    `target_precision` (keeping at least `min_coverage` of the images answered when that target
+    would answer fewer: `choose_unknown_threshold(keep_coverage=True)`), and (optionally) measure
+    both on the evaluated split's logits and labels."""
     labeled = val_labels >= 0
     if not labeled.any():
         raise EvaluationError("no labeled validation images the model knows: cannot fit a calibration")
@@ -68,7 +71,9 @@ def fit_val_calibration(
     before = calibration_stats(apply_temperature(logits, 1.0), labels)
     calibrated = apply_temperature(logits, temperature)
     after = calibration_stats(calibrated, labels)
-    threshold = choose_unknown_threshold(calibrated, labels, target_precision)
+    threshold = choose_unknown_threshold(
+        calibrated, labels, target_precision, min_coverage=min_coverage, keep_coverage=min_coverage > 0
+    )
     evaluated = None
     if eval_logits is not None and eval_labels is not None and (eval_labels >= 0).any():
         keep = eval_labels >= 0
