@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/carid run
 
 test: $(STAMP)
-	CARID_SLIM_TEST=1 $(BIN)/python -m pytest -n 2 --timeout 900
+	CARID_SLIM_TEST=1 $(BIN)/python -m pytest -n 2 --timeout 900 --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
