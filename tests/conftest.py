@@ -9,6 +9,10 @@ import pytest
 from PIL import Image
 
 from carid.config import shared_datasets_dir
+from tests.skipped_summary import (  # noqa: F401  (the skipped-browser warning)
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 
 @pytest.fixture(scope="session")
