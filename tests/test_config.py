@@ -105,7 +105,7 @@ def test_apply_overrides_merges_like_load_config_and_validates():
     assert changed.model.backbone_args == {"widths": [4], "blocks_per_stage": 2}
     assert changed.train.epochs == 3 and config.train.epochs != 3
     assert apply_overrides(config, []) is config
-    with pytest.raises(ConfigError, match=r"--set: invalid config\n  train\.nonsense"):
+    with pytest.raises(ConfigError, match=r"--set train\.nonsense=1: invalid config\n  train\.nonsense"):
         apply_overrides(config, ["train.nonsense=1"])
 
 
@@ -119,3 +119,76 @@ def test_read_yaml_names_the_file_and_the_problem(tmp_path: Path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         read_yaml(bad)
+
+
+def test_a_misspelt_key_in_a_file_gets_a_did_you_mean_naming_the_file(tmp_path: Path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("train:\n  epochz: 3\n  image_size: 64\nmodle: {}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["train.epochs=2"])
+    message = str(caught.value)
+    assert message.startswith(f"{path}: invalid config\n")
+    assert "train.epochz: unknown key (did you mean train.epochs?)" in message
+    assert "train.image_size: unknown key (did you mean model.image_size or detect.image_size?)" in message
+    assert "modle: unknown key (did you mean model?)" in message
+    assert "--set" not in message  # the override was fine
+    assert "carid config show" in (caught.value.hint or "")
+
+
+def test_a_misspelt_set_key_is_blamed_on_the_set_option_not_the_file(tmp_path: Path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["data.seed=1", "train.lrr=0.1", "train.unfreeze=[{epoch: 1, strat: 2}]"])
+    message = str(caught.value)
+    assert "--set train.lrr=0.1: invalid config\n  train.lrr: unknown key (did you mean train.lr?)" in message
+    assert "train.unfreeze.0.strat: unknown key (did you mean train.unfreeze.0.start?)" in message
+    assert str(path) not in message
+    with pytest.raises(ConfigError, match=r"--set check\.min_side=big: invalid config\n  check\.min_side"):
+        load_config(path, ["check.min_side=big"])
+
+
+def test_a_relative_data_path_in_a_config_file_is_found_from_another_folder(tmp_path: Path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    dataset = tmp_path / "shared" / "datasets" / "cars"
+    dataset.mkdir(parents=True)
+    (project / "splits").mkdir()
+    (project / "splits" / "split.csv").write_text("x\n")
+    recipe = project / "configs" / "recipe.yaml"
+    recipe.write_text(
+        "data:\n  path: ../shared/datasets/cars\n  split_csv: splits/split.csv\n"
+        "  train_extra: [../shared/datasets/cars, nowhere]\n"
+    )
+    monkeypatch.chdir(project)  # the project root: the path means what it always meant
+    assert load_config(recipe).data.path == "../shared/datasets/cars"
+    elsewhere = tmp_path / "elsewhere" / "deeper"  # ../shared is not beside it
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)  # found beside the config file's folder's parent
+    config = load_config(recipe)
+    assert config.data.path == str(dataset)
+    assert config.data.split_csv == str(project / "splits" / "split.csv")
+    assert config.data.train_extra == (str(dataset), "nowhere")  # found nowhere: left as written
+    # a --set path is the user's own, relative to the current folder
+    assert load_config(recipe, ["data.path=../x"]).data.path == "../x"
+
+
+def test_a_missing_dataset_is_described_as_itself():
+    with pytest.raises(ConfigError) as caught:
+        resolve_data_path("../shared/datasets/car-models-5-missing/car-models-5")
+    message = str(caught.value)
+    assert "'car-models-5'" in message and "--data PATH" in message
+    assert "Stanford" not in message and "relative path in a config file" in message
+    with pytest.raises(ConfigError, match="To get Stanford Cars"):
+        resolve_data_path("/nowhere/stanford-cars-crops")
+
+
+def test_a_shipped_recipe_finds_its_shared_dataset_from_any_folder(
+    tmp_path: Path, monkeypatch, shared_datasets: Path
+):
+    from tests.conftest import shared_dataset
+
+    expected = shared_dataset(shared_datasets, "car-models-5")
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "car-models-5-transfer.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert Path(load_config(recipe).data.path).resolve() == expected.resolve()

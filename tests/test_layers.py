@@ -34,6 +34,7 @@ PACKAGE_ROOT = Path(carid.__file__).parent
 MAX_LINES = 600
 
 BASE = ("config", "boxes", "taxonomy", "images", "preprocess", "files", "errors", "reporting", "embedding")
+BASE += ("config_help",)  # what the settings mean: help from docstrings, did-you-mean, data paths
 LAYERS: dict[str, int] = {
     **{name: 0 for name in (*BASE, "__init__")},
     "artifacts": 1,
@@ -46,8 +47,10 @@ LAYERS: dict[str, int] = {
     "evaluation": 6,
     "export": 7,
     "export_detector": 8,  # builds on export (its parity machinery); cli uses it
+    "export_quantize": 8,  # builds on export (its finish hook); cli uses it
     "serve": 8,
     "pipeline": 8,
+    "scale": 8,  # batch prediction on Ray: runtime + predict_io, nothing above
     "cli": 9,
     "__main__": 10,
 }

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
+from carid.config_help import invalid_config_message, locate_data_paths, missing_data_message
 from carid.errors import CaridError
 
 STRICT = ConfigDict(extra="forbid")
@@ -52,6 +53,9 @@ class DataConfig:
         (vid_4_1260.jpg: video "vid_4_", frame 1260) and keeps each block of N consecutive frame
         numbers of a video (1000-1999 for N = 1000) in one split, so that near-identical
         neighbouring frames never sit on both sides of it.
+    val_fraction, test_fraction: shares of the samples held out for validation and for test.
+    seed: seed of the random split.
+    swap_rb: exchange red and blue in every image as training loads it (images saved BGR; `carid data check`).
     """
 
     __pydantic_config__ = STRICT
@@ -67,6 +71,7 @@ class DataConfig:
     exclude: tuple[str, ...] = ()
     train_extra: tuple[str, ...] = ()
     frame_block: int = 0
+    swap_rb: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,9 @@ class AugmentConfig:
         which then turns by 0, 90, 180 or 270 degrees, equally likely. Both keep axis-aligned boxes
         exact; they suit subjects seen at any orientation (a pet lying on its back), not cars on a
         road.
+    enabled: False trains on the resized images, with none of the augmentations here.
+    hflip: probability of a horizontal mirror; color_jitter: brightness / contrast / saturation
+        strength; blur: probability of a blur; grayscale: probability of dropping colour.
     """
 
     __pydantic_config__ = STRICT
@@ -257,6 +265,21 @@ class UnfreezeStep:
 class TrainConfig:
     """How to fit: optimizer, schedule, transfer-learning controls, callbacks, hardware.
 
+    epochs: passes over the training images; batch_size: images per step.
+    optimizer: "adamw", "adam" or "sgd"; lr: learning rate of the heads; weight_decay: the
+        optimizer's weight decay; momentum: sgd's momentum.
+    schedule: the lr over the run: "cosine" decay, "onecycle" or "none" (constant); warmup_epochs:
+        epochs (may be fractional) of linear warm-up first.
+    label_smoothing: of the class loss; box_weight: of the box loss against the class loss.
+    box_l1_weight, box_giou_weight: weights of the L1 and the GIoU terms inside the box loss.
+    early_stopping_patience: validations without improvement of monitor before training stops (0 =
+        never); monitor: the metric the best checkpoint (and early stopping) goes by.
+    seed: seed of everything random in training; deterministic: deterministic algorithms.
+    precision, accelerator, devices, strategy: the Lightning Trainer's settings ("auto" lets it choose).
+    num_nodes: machines in a multi-node DDP run (Lightning's Trainer(num_nodes=...); docs/scale.md).
+    num_workers: processes loading images; channels_last: channels-last memory format (faster on CPU).
+    tensorboard: also log to run_dir/tensorboard; lr_find: train with the lr Lightning's finder suggests.
+    limit_train_batches, limit_val_batches: share (float) or number (int) of batches per epoch.
     freeze: "none", "backbone" (train heads only), or the stage name / layer index from which the
         backbone is trainable (lower layers frozen), e.g. "blocks.4" or 70.
     unfreeze: staged unfreezing schedule, applied by a callback.
@@ -272,6 +295,12 @@ class TrainConfig:
     fit_on_val: final refit: the val images join the training images (split.csv still marks them
         val) and no validation runs, so best.ckpt is the last epoch; for a recipe whose epochs were
         settled on a run with val. Needs early_stopping_patience 0 (nothing held out to stop on).
+    balance: class-imbalanced data: "none", "sampler" (training samples drawn with class-balanced
+        weights) or "loss" (class weights in the training cross-entropy), from the train split's
+        counts; per-class recall is then logged at every validation and written to the run's
+        per-class-recall.csv (carid.training.balance); balance_scheme: the class weights, "inverse"
+        (1 / count) or "effective" (Cui et al. 2019: (1 - beta) / (1 - beta^count));
+        balance_beta: the beta of "effective" (near 1: close to inverse; 0: equal weights).
     """
 
     __pydantic_config__ = STRICT
@@ -304,12 +333,16 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: int | str = 1
     strategy: str = "auto"
+    num_nodes: int = 1
     num_workers: int = 2
     channels_last: bool = True
     tensorboard: bool = False
     lr_find: bool = False
     test_after_fit: bool = True
     fit_on_val: bool = False
+    balance: Literal["none", "sampler", "loss"] = "none"
+    balance_scheme: Literal["inverse", "effective"] = "inverse"
+    balance_beta: float = 0.999
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
 
@@ -373,11 +406,30 @@ class DetectConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """`carid export` settings (carid.export, carid.export_quantize).
+
+    quantize_max_top1_drop: an int8 export (`--quantize int8`) is refused when the int8 graph's top-1
+        disagrees with the fp32 graph's on more than this many percentage points of the check photos.
+    quantize_calibration_images: training photos of the run's split that calibrate the int8 ranges.
+    quantize_check_images: validation photos the int8 graph is compared with the fp32 one on.
+    """
+
+    __pydantic_config__ = STRICT
+
+    quantize_max_top1_drop: float = 1.0
+    quantize_calibration_images: int = 200
+    quantize_check_images: int = 200
+
+
+@dataclass(frozen=True)
 class Config:
     """The root of every carid config file.
 
     task: "classify" (the `model` section: classes, and a box per image) or "detect" (the `detect`
         section: every car of a photo, each with a box and a score).
+    run_dir: the folder run folders are made in; name: the run folder's name (default: the config
+        file's name, else one made from the settings).
     """
 
     __pydantic_config__ = STRICT
@@ -389,6 +441,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     task: Literal["classify", "detect"] = "classify"
     detect: DetectConfig = field(default_factory=DetectConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     run_dir: str = "runs"
     name: str | None = None
 
@@ -455,13 +508,17 @@ def merge_trees(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str,
     return merged
 
 
-def from_dict(cls: type[T], tree: dict[str, Any], source: str = "config") -> T:
-    """Validate a nested dict into `cls`; errors list every bad key as `section.key: problem`."""
+def from_dict(cls: type[T], tree: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()) -> T:
+    """Validate a nested dict into `cls`; errors list every bad key as `section.key: problem` (an
+    unknown key with a "did you mean"), under `source` or the `--set KEY=VALUE` of `overrides` that
+    set it."""
     try:
         return TypeAdapter(cls).validate_python(tree)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(
+            invalid_config_message(cls, exc, source, overrides),
+            hint="`carid config show SECTION` lists every key with its type, default and meaning",
+        ) from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -472,11 +529,13 @@ def apply_overrides(config: Config, overrides: Sequence[str] | None) -> Config:
     """`config` with `--set key=value` overrides applied (merged as in `load_config`) and validated."""
     if not overrides:
         return config
-    return from_dict(Config, merge_trees(to_dict(config), parse_overrides(overrides)), "--set")
+    tree = merge_trees(to_dict(config), parse_overrides(overrides))
+    return from_dict(Config, tree, "--set", overrides)
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- `--set` overrides, validated."""
+    """Defaults <- YAML file <- `--set` overrides, validated. The file's relative data paths are
+    found by the rule of `carid.config_help.locate_relative` (docs/configuration.md)."""
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -484,10 +543,10 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of sections")
-        tree = loaded or {}
+        tree = locate_data_paths(loaded or {}, path.absolute().parent)
         source = str(path)
     tree = merge_trees(tree, parse_overrides(overrides))
-    return from_dict(Config, tree, source)
+    return from_dict(Config, tree, source, overrides or ())
 
 
 def save_config(config: Any, path: Path) -> None:
@@ -510,25 +569,19 @@ def shared_datasets_dir() -> Path | None:
     return None
 
 
-NO_DATA_HELP = (
-    "No dataset found. Point carid at one with --data PATH (or the CARID_DATA environment "
-    "variable). To get Stanford Cars: download the images and the devkit (cars_train.tgz, "
-    "cars_test.tgz, car_devkit.tgz; e.g. from the Kaggle mirror 'jessicali9530/stanford-cars-dataset' "
-    "or the dataset's page, ai.stanford.edu/~jkrause/cars/car_dataset.html), unpack them into one "
-    "folder so that it holds devkit/cars_train_annos.mat (or cars_train_annos.mat) and cars_train/, "
-    "then run: carid data check that/folder"
-)
+NO_DATA_HELP = missing_data_message(None)
 
 
 def resolve_data_path(path: str | Path | None, dataset: str = DEFAULT_DATASET) -> Path:
     """The dataset path to use: the given one, else $CARID_DATA, else the shared default.
 
-    Raises ConfigError with instructions for getting Stanford Cars when nothing is found.
+    Raises ConfigError saying how to get the dataset the path names (Stanford Cars for the default)
+    when nothing is found.
     """
     if path is not None:
         resolved = Path(path).expanduser()
         if not resolved.exists():
-            raise ConfigError(f"{resolved}: no such file or directory. {NO_DATA_HELP}")
+            raise ConfigError(missing_data_message(path))
         return resolved
     env = os.environ.get(DATA_ENV)
     if env:

@@ -290,6 +290,12 @@ def decode_rgb(
         raise _decode_error(label, exc) from exc
 
 
+def swap_red_blue(image: Image.Image) -> Image.Image:
+    """The RGB image with its red and blue channels exchanged: repairs a BGR array saved as RGB."""
+    red, green, blue = image.convert("RGB").split()
+    return Image.merge("RGB", (blue, green, red))
+
+
 def load_rgb(source: Path | bytes, name: str | None = None, min_side: int | None = None) -> Image.Image:
     """Decode to an RGB image with EXIF orientation applied (`decode_rgb` without the original size).
 

@@ -104,6 +104,11 @@ def run_main_job(
     done = stage("train")
     train_config = _with_data(config, data_path, inspection.paths["split"], out_dir / "runs")
     save_config(train_config, out_dir / "train-config.yaml")
+    if train_config.train.cache_features:  # the one long step: its progress lines follow this one
+        say(
+            f"train: the frozen backbone's features of the train and val images come first (a few "
+            f"minutes on a CPU, once per dataset), then {train_config.train.epochs} epochs of the heads"
+        )
     run = train(train_config, default_name="quickstart", progress=progress)
     result.paths["run"] = run.run_dir
     done()

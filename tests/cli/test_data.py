@@ -202,3 +202,51 @@ def test_a_box_csv_missing_a_column_says_which(tmp_path: Path, monkeypatch) -> N
     result = runner.invoke(app, ["data", "check", str(tmp_path / "frames")])
     assert result.exit_code == 2, result.output
     assert "boxes.csv lacks ymax" in result.output
+
+
+def swapped_outdoor_dataset(root: Path, count: int) -> Path:
+    """`count` outdoor-like photos (sky above, ground below) saved with red and blue swapped."""
+    from carid.images import swap_red_blue
+    from tests.data.test_colour_order import outdoor_like
+
+    for i in range(count):
+        path = root / "train" / ("sedan" if i % 2 else "suv") / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        swap_red_blue(outdoor_like(i)).save(path, quality=95)
+    return root
+
+
+def test_check_flags_swapped_colours_and_fix_colours_repairs_them(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = swapped_outdoor_dataset(tmp_path / "bgr", 24)
+    one = ["--workers", "1"]
+    result = runner.invoke(app, ["data", "check", str(data), "--json", "report.json", "--strict", *one])
+    assert result.exit_code == 1, result.output
+    assert "colour order: swapped" in result.output and "colour_order" in result.output
+    problems = json.loads(Path("report.json").read_text())["problems"]
+    warning = [p for p in problems if p["kind"] == "colour_order"]
+    assert len(warning) == 1 and warning[0]["severity"] == "warning"
+    assert "data.swap_rb" in warning[0]["message"] and "24 are redder at the top" in warning[0]["message"]
+    for options in (["--no-colour"], ["--set", "data.swap_rb=true"]):
+        quiet = runner.invoke(app, ["data", "check", str(data), "--strict", *one, *options])
+        assert quiet.exit_code == 0, quiet.output
+    no_reference = runner.invoke(app, ["data", "check", str(data), "--colour-reference", str(data), *one])
+    assert no_reference.exit_code == 2 and "no boxed photo there" in no_reference.output
+    fixed = runner.invoke(app, ["data", "fix-colours", str(data), "--out", "rgb"])
+    assert fixed.exit_code == 0, fixed.output
+    assert "24 images corrected" in fixed.output
+    again = runner.invoke(app, ["data", "check", "rgb", "--strict", *one])
+    assert again.exit_code == 0 and "colour order: ok" in again.output, again.output
+    refused = runner.invoke(app, ["data", "fix-colours", str(data), "--out", "rgb"])
+    assert refused.exit_code == 2 and "rgb: the output folder exists" in refused.output
+
+
+def test_data_report_shows_the_colour_warning(tmp_path: Path) -> None:
+    data = swapped_outdoor_dataset(tmp_path / "bgr", 12)
+    report = runner.invoke(
+        app, ["data", "report", str(data), "--out", str(tmp_path / "rep"), "--workers", "1"]
+    )
+    assert report.exit_code == 0, report.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    summary = html[html.index("What is wrong with this data") : html.index("<h2>Dataset</h2>")]
+    assert "red and blue look swapped" in summary and "fix-colours" in summary

@@ -82,7 +82,9 @@ def test_report_is_self_contained_and_names_classes_problems_and_files(tmp_path:
     assert "no box" in page  # the box-less image is marked in the grid
     assert "cannot read" in page  # the unreadable image became a placeholder, not a crash
     assert "1 image excluded" in page  # the plain-language summary
-    assert "duplicates.near" in page  # check results as key/value rows
+    assert "<caption>duplicates</caption>" in page  # a check-result mapping becomes its own table
+    assert re.search(r"<td>near</td><td class=\"num\">1</td>", page)
+    assert re.search(r"<td>images checked</td><td class=\"num\">" + str(len(table)) + "</td>", page)
     assert len(image_sources(page)) >= 7 + len(table)  # figures + one thumbnail per image
 
     figures = tmp_path / "out" / "figures"
@@ -162,12 +164,13 @@ def test_many_classes_and_many_problems_are_capped(tmp_path: Path) -> None:
     )
     report = write_report(table, tmp_path / "out", max_classes_in_grid=5, samples_per_class=2)
     page = report.read_text(encoding="utf-8")
-    assert "Showing the 5 largest of 60 classes" in page
+    assert "One random image of each of the 5 largest of 60 classes" in page
     assert "and 10 more" in page
     assert "class 60" in page  # the empty class is reported
-    assert page.count('class="tile"') == 5 * 2
+    assert page.count('class="tile"') == 5  # a gallery: one image per class, captioned with it
+    assert '<div class="name">class 02</div>' in page
     with Image.open(tmp_path / "out" / "figures" / "class_counts.png") as chart:
-        assert chart.height > chart.width  # horizontal bars, one line per class
+        assert chart.height < chart.width / 3  # a compact profile, not one line per class
 
 
 def test_problems_from_check_summary_are_merged(tmp_path: Path) -> None:
@@ -213,3 +216,65 @@ def test_car_frames_report(shared_datasets: Path, tmp_path: Path) -> None:
     assert "100 images of 384 have no box" in page
     assert re.search(r"with box <span[^>]*>\(284 images\)", page)
     assert_self_contained(page)
+
+
+def many_class_dataset(root: Path, classes: int = 150) -> SampleTable:
+    """`classes` classes of 1 to 4 tiny images each (all files the same picture: only the grid opens them)."""
+    picture = write_image(root / "shared.jpg", size=(24, 16), seed=1)
+    names = [f"Make {c:03d} Model" for c in range(classes)]
+    samples = [
+        Sample(picture, name, width=24, height=16) for c, name in enumerate(names) for _ in range(1 + c % 4)
+    ]
+    return SampleTable(samples, names, root, "folder")
+
+
+def check_summary_like(table: SampleTable) -> dict[str, object]:
+    """A dict shaped like `CheckReport.to_dict(include_images=False)`."""
+    counts = table.class_counts()
+    return {
+        "root": str(table.root),
+        "format": table.format,
+        "summary": {"samples": len(table), "images_opened": 1, "usable": len(table), "error": 0},
+        "timing": {"seconds": 1.25, "workers": 2},
+        "config": {"min_side": 32, "imbalance_ratio": 5.0},
+        "problem_counts": {"exact_duplicate": 1},
+        "class_counts": {name: {"samples": n, "usable": n} for name, n in counts.items()},
+        "duplicate_groups": [
+            {
+                "kind": "exact",
+                "max_distance": 0,
+                "members": [
+                    {"index": 0, "path": str(table.root / "a.jpg"), "label": "Make 000 Model", "split": None},
+                    {"index": 1, "path": str(table.root / "b.jpg"), "label": "Make 001 Model", "split": None},
+                ],
+            }
+        ],
+        "problems": [],
+    }
+
+
+def test_many_classes_keep_the_report_short_and_the_check_results_readable(tmp_path: Path) -> None:
+    table = many_class_dataset(tmp_path / "data")
+    splits = ["train", "val", "test"] * (len(table) // 3) + ["train"] * (len(table) % 3)
+    report = write_report(table, tmp_path / "out", splits=splits, check_summary=check_summary_like(table))
+    page = report.read_text(encoding="utf-8")
+    # height proxy: the class and split charts are compact profiles whatever the class count
+    # (the bar charts they replace were 0.16 inch, 16 px, per class: 2,400 px each for 150 classes)
+    for name in ("class_counts.png", "split_counts.png"):
+        with Image.open(tmp_path / "out" / "figures" / name) as chart:
+            assert chart.height <= 300, name
+    assert page.count('class="tile"') <= 24  # one gallery row of the largest classes
+    # the profile names no class: the largest and smallest are in a table
+    largest = page[page.index("<th>largest classes</th>") : page.index("<th>smallest classes</th>")]
+    assert re.findall(r"<td>(Make \d+ Model)</td>", largest)[:2] == ["Make 003 Model", "Make 007 Model"]
+    smallest = page[page.index("<th>smallest classes</th>") :]
+    assert re.findall(r"<td>(Make \d+ Model)</td>", smallest)[0] == "Make 000 Model"
+    # check results: tables, never flattened JSON
+    checks = page[page.index("<h2>Check results</h2>") : page.index("<h2>Distributions</h2>")]
+    assert "{" not in checks and "summary.images_opened" not in checks and "entries:" not in checks
+    assert re.search(r"<td>images opened</td><td class=\"num\">1</td>", checks)
+    assert re.search(r"<td>seconds</td><td class=\"num\">1.25</td>", checks)
+    assert "<td>a.jpg (Make 000 Model); b.jpg (Make 001 Model)</td>" in checks  # duplicate group members
+    folded = re.findall(r"<summary>([^<]*)</summary>", checks)
+    assert folded == ["config (2 rows)", "class counts (150 rows)"]  # long tables and settings folded
+    assert '<td>Make 149 Model</td><td class="num">2</td><td class="num">2</td>' in checks

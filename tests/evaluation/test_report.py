@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +16,13 @@ from carid.evaluation.metrics import evaluate_predictions
 from carid.evaluation.report import (
     EvaluationView,
     confusion_figure,
+    confusion_zoom_figure,
     pair_examples,
     per_class_rows,
-    thumbnail,
     write_evaluation_report,
     zoom_classes,
 )
+from carid.evaluation.report_pairs import THUMB_SIZE, thumbnail
 from carid.taxonomy import Taxonomy
 
 CLASSES = ("Audi A4 Sedan 2012", "Audi TT Coupe 2012", "BMW X5 SUV 2007", "BMW M3 Coupe 2012")
@@ -73,6 +76,7 @@ def test_the_report_writes_every_figure_and_a_self_contained_page(tmp_path: Path
     html = paths["report"].read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 5
     assert "data:image/jpeg;base64," in html  # confused-pair thumbnails
+    assert "true box green, predicted box red" in html  # the thumbnails have both boxes drawn
     assert "tiny &lt;model&gt;" in html  # autoescaped
     assert "label the model does not know" in html
     for level in ("make", "body type", "year"):
@@ -108,9 +112,9 @@ def test_zoom_and_pairs_follow_the_most_confused_pairs(tmp_path: Path) -> None:
         (CLASSES[0], CLASSES[1], 2),
         (CLASSES[2], CLASSES[3], 1),
     ]
-    assert examples[0]["mistake_name"] in {"car_00.png", "car_01.png"}
-    assert examples[0]["reference_name"] in {"car_03.png", "car_04.png", "car_05.png"}
-    assert examples[0]["mistake_uri"].startswith("data:image/jpeg;base64,")
+    assert {photo["name"] for photo in examples[0]["mistakes"]} == {"car_00.png", "car_01.png"}
+    assert examples[0]["reference"]["name"] in {"car_03.png", "car_04.png", "car_05.png"}
+    assert examples[0]["mistakes"][0]["uri"].startswith("data:image/jpeg;base64,")
 
 
 def test_a_thumbnail_of_an_unreadable_file_is_none(tmp_path: Path) -> None:
@@ -123,7 +127,7 @@ def test_a_thumbnail_of_an_unreadable_file_is_none(tmp_path: Path) -> None:
     from io import BytesIO
 
     size = Image.open(BytesIO(data)).size
-    assert max(size) == report_module.THUMB_SIZE
+    assert max(size) == THUMB_SIZE
 
 
 def test_per_class_rows_put_the_worst_first_and_absent_classes_last() -> None:
@@ -147,3 +151,84 @@ def test_class_names_on_the_big_confusion_matrix_only_up_to_the_limit(
     ]
     monkeypatch.setattr(report_module, "MAX_TICK_LABELS", 3)
     assert confusion_figure(result).axes[0].get_yticklabels() == []
+
+
+def test_the_page_names_the_most_confused_pairs_with_counts_in_a_text_block(tmp_path: Path) -> None:
+    html = write_evaluation_report(_view(tmp_path), tmp_path / "out")["report"].read_text(encoding="utf-8")
+    block = html[html.index('<table class="pairs">') :]
+    block = block[: block.index("</table>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", block, flags=re.S)[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S) for row in rows]
+    # class 0 was taken for class 1 twice (of 3), class 2 for class 3 once; neither the other way
+    assert cells == [
+        ["1", CLASSES[0], CLASSES[1], "2 of 3", "66.7%", "0"],
+        ["2", CLASSES[2], CLASSES[3], "1 of 3", "33.3%", "0"],
+    ]
+    assert html.index('<table class="pairs">') < html.index("<h2>Figures</h2>")  # read before the figures
+
+
+def test_the_small_confusion_matrix_writes_the_count_in_its_cells(tmp_path: Path) -> None:
+    result = _view(tmp_path, with_boxes=False).result
+    figure = confusion_zoom_figure(result)
+    assert figure is not None
+    axis = figure.axes[0]
+    written = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in axis.texts}
+    classes = zoom_classes(result)
+    for row, true in enumerate(classes):
+        for column, predicted in enumerate(classes):
+            count = int(result.confusion[true, predicted])
+            if count or row == column:
+                assert written[(row, column)] == str(count)
+            else:
+                assert (row, column) not in written
+    assert min(t.get_fontsize() for t in axis.texts) >= 10
+
+
+def test_box_colours_are_not_named_when_no_box_is_drawn(tmp_path: Path) -> None:
+    html = write_evaluation_report(_view(tmp_path, with_boxes=False), tmp_path / "out")["report"].read_text()
+    assert "green" not in html and "box red" not in html  # with boxes: see the first test
+    assert "<h2>Training curves</h2>" not in html  # no run folder given
+
+
+def test_up_to_three_mistaken_photos_per_pair_most_confident_first(tmp_path: Path) -> None:
+    view = _view(tmp_path, with_boxes=False)
+    labels = np.repeat(np.arange(4), 3)
+    labels[[3, 4, 5]] = 0  # class 0 now has 6 images; 5 of them taken for class 1
+    predicted = labels.copy()
+    predicted[[0, 1, 3, 4, 5]] = 1
+    probabilities = np.full((12, 4), 0.05)
+    probabilities[np.arange(12), predicted] = np.linspace(0.5, 0.85, 12)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    result = evaluate_predictions(probabilities, labels, CLASSES)
+    view = EvaluationView("t", result, view.samples, labels, probabilities)
+    examples = pair_examples(view)
+    assert examples[0]["count"] == 5
+    assert [photo["name"] for photo in examples[0]["mistakes"]] == ["car_05.png", "car_04.png", "car_03.png"]
+    assert examples[0]["reference"] is None  # no image of class 1 is left in this split
+    html = write_evaluation_report(view, tmp_path / "out")["report"].read_text("utf-8")
+    assert "no image of this class" in html
+
+
+def test_many_classes_fold_the_full_matrix_and_keep_the_readable_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_module, "FOLD_CLASSES", 3)
+    html = write_evaluation_report(_view(tmp_path), tmp_path / "out")["report"].read_text("utf-8")
+    folded = html[html.index("<details>") : html.index("</details>")]
+    assert "Too many classes to read" in folded and "figures/confusion.png" in folded
+    assert "figures/confusion_top.png" not in folded  # the small matrix stays open
+
+
+def test_training_curves_of_the_run_are_embedded(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("task: classify\n", encoding="utf-8")
+    (run / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss,val/acc\n0,10,2.0,,\n0,10,,1.8,0.4\n1,20,1.5,,\n1,20,,1.2,0.6\n",
+        encoding="utf-8",
+    )
+    view = replace(_view(tmp_path, with_boxes=False), run_dir=run)
+    paths = write_evaluation_report(view, tmp_path / "out")  # drawn from metrics.csv
+    assert paths["curves"].read_bytes().startswith(b"\x89PNG")
+    html = paths["report"].read_text("utf-8")
+    assert "<h2>Training curves</h2>" in html and "figures/curves.png" in html

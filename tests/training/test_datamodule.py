@@ -276,3 +276,22 @@ def test_each_worker_draws_its_own_augmentations(table: SampleTable) -> None:
     )
     first, second = list(loader)  # worker 0 loads item 0, worker 1 item 1
     assert not torch.equal(first["image"], second["image"])
+
+
+def test_swap_rb_exchanges_red_and_blue_as_images_load(tmp_path: Path) -> None:
+    path = tmp_path / "bgr.png"
+    Image.new("RGB", (64, 48), (230, 120, 10)).save(path)
+    samples = [Sample(path=path, label="audi", width=64, height=48, split="train")]
+    stored = CarDataset(samples, {"audi": 0}, build_eval_transform(SPEC))[0]["image"]
+    swapped = CarDataset(samples, {"audi": 0}, build_eval_transform(SPEC), swap_rb=True)[0]["image"]
+    pixels, swapped_pixels = (prep.denormalize(x.numpy(), SPEC).astype(int) for x in (stored, swapped))
+    assert np.abs(swapped_pixels - pixels[..., ::-1]).max() <= 1 and pixels[24, 32, 0] > 200
+    table = SampleTable(samples, ["audi"], tmp_path, "test")
+    datamodule = CarDataModule(table, SPEC, augment=NO_COLOUR, train=TrainConfig(num_workers=0), swap_rb=True)
+    assert torch.allclose(datamodule.dataset("train")[0]["image"], swapped)
+    assert datamodule.predict_dataloader(samples).dataset.swap_rb
+    # a feature cache made before swap_rb was set is not reused after
+    from carid.training.features import samples_fingerprint
+
+    plain = CarDataset(samples, {"audi": 0}, build_eval_transform(SPEC))
+    assert samples_fingerprint(datamodule.dataset("train")) != samples_fingerprint(plain)

@@ -155,3 +155,21 @@ def test_a_box_head_reading_a_finer_map_caches_it_and_predicts_from_it(tiny_conf
         from_cache = finer.forward_heads(cached["features"], cached["feature_map"], cached["detail_map"])
     torch.testing.assert_close(full.box, from_cache.box, rtol=0, atol=1e-5)
     torch.testing.assert_close(full.logits, from_cache.logits, rtol=0, atol=1e-5)
+
+
+def test_the_feature_pass_reports_progress_in_a_log_file(capsys) -> None:
+    from torch.utils.data import DataLoader
+
+    from carid.training.features import extract_features
+    from tests.training.helpers import tiny_network
+
+    network = tiny_network(num_classes=3, with_box=False)
+    images = [
+        {"image": torch.rand(3, 32, 32), "label": 0, "box": torch.zeros(4), "has_box": False, "index": i}
+        for i in range(6)
+    ]
+    loader = DataLoader(images, batch_size=2)
+    out = extract_features(network, loader, progress=True, description="val features")
+    assert out["features"].shape[0] == 6
+    lines = capsys.readouterr().out.splitlines()  # pytest captures stdout: not a terminal
+    assert lines[0] == "val features: 3 batches" and lines[-1].startswith("val features: 3/3 (100%), ")

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from carid.training.epoch_table import read_results
 from carid.training.fit import train_from_cli
 from carid.training.plots import epoch_metrics
 from tests.training.conftest import tiny_config_tree
@@ -93,6 +94,11 @@ def test_killed_run_resumes_to_the_planned_epochs(boxed_dataset: Path, tmp_path:
     assert [int(record["epoch"]) for record in records] == list(range(EPOCHS))
     assert all("val/acc" in record and "val/loss" in record for record in records)
     assert all("train/loss" in record for record in records[interrupted_at + 1 :])
+    # results.csv keeps one row per epoch across the kill: the finished epochs' rows, then the resumed ones
+    results = read_results(run_dir / "results.csv")
+    assert [int(row["epoch"]) for row in results] == list(range(1, EPOCHS + 1))
+    times = [row["time"] for row in results]
+    assert all("val/acc" in row for row in results) and times == sorted(times)
     steps = [record["step"] for record in records]
     assert steps == sorted(steps) and len(set(steps)) == EPOCHS
     # the unfreezing schedule is re-applied on resume: from stages.1 up to epoch 1, everything from 2

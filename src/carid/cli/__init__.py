@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from carid.cli import bundles, data, evaluate, predict, run, train  # noqa: F401 (data: registers its verbs)
+from carid.cli import bundles, data, evaluate, predict, run, settings, train  # noqa: F401 (data: registers its verbs)
 from carid.cli.app import app, err_console
 
 for _name, _command in (
@@ -33,6 +33,7 @@ for _name, _command in (
     ("run", run.run),
 ):
     app.command(_name)(_command)
+app.add_typer(settings.config_app, name="config")
 
 
 def main() -> None:

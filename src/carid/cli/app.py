@@ -129,7 +129,7 @@ OutOption = Annotated[Path | None, out_option("Output folder.")]
 def say(line: str) -> None:
     """Print one line as it is: no rich markup, no highlighting (paths and labels may hold brackets);
     control characters other than newlines shown escaped (labels may hold ESC)."""
-    console.print(terminal_text(line, multiline=True), markup=False, highlight=False)
+    console.print(terminal_text(line, multiline=True), markup=False, highlight=False, soft_wrap=True)
 
 
 def given(**options: Any) -> dict[str, Any]:

@@ -36,6 +36,20 @@ DataPath = Annotated[
 ]
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A carid YAML config file.")]
 WorkersOption = Annotated[int | None, typer.Option(help="Processes opening images (default: CPU count).")]
+ColourOption = Annotated[
+    bool,
+    typer.Option(
+        "--colour/--no-colour", help="Check on a sample of images whether red and blue look swapped (BGR)."
+    ),
+]
+ColourSampleOption = Annotated[int, typer.Option(help="Images the colour check samples (0 = all).")]
+ColourReferenceOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A boxed dataset of the full photos the images were cropped from (same file names, e.g. "
+        "the Stanford devkit): the colour check compares the crops with them directly."
+    ),
+]
 
 
 def _load(config_path: Path | None, overrides: list[str] | None, data: Path | None, fmt: str | None):
@@ -54,6 +68,34 @@ def _inspect(path: Path, config, out: Path, split: bool, progress: bool = True):
     from carid.data.inspect import inspect_dataset
 
     return inspect_dataset(path, config.data, config.check, out_dir=out, split=split, progress=progress)
+
+
+def _colour_check(inspection, config, sample: int, reference: Path | None) -> None:
+    """Add the colour-order warning to the inspection's report (and its checks.json) when flagged."""
+    from carid.data.check_report import display_base
+    from carid.data.colour_order import check_colour_order, compare_with_references, reference_pairs
+
+    usable = inspection.report.usable().samples
+    evidence = None
+    if reference is not None:
+        from carid.data.readers import read_dataset
+
+        pairs = reference_pairs(usable, read_dataset(reference).samples)
+        if not pairs:
+            raise CaridError(
+                f"{reference}: no boxed photo there has the file name of an image of the dataset"
+            )
+        evidence = compare_with_references(pairs)
+    verdict = check_colour_order(
+        [sample.path for sample in usable], sample=sample, swap=config.data.swap_rb, reference=evidence
+    )
+    swapped = " (with data.swap_rb applied)" if config.data.swap_rb else ""
+    say(f"colour order{swapped}: {verdict.verdict}; {verdict.evidence}")
+    problem = verdict.problem(display_base(inspection.table.root))  # the folder, not an annotation file
+    if problem is not None:
+        inspection.report = inspection.report.with_problems([problem])
+        if "checks" in inspection.paths:
+            inspection.report.write_json(inspection.paths["checks"])
 
 
 @data_app.command("formats")
@@ -78,12 +120,18 @@ def data_check(
         bool, typer.Option("--strict", help="Exit non-zero when any error or warning is found.")
     ] = False,
     workers: WorkersOption = None,
+    colour: ColourOption = True,
+    colour_sample: ColourSampleOption = 200,
+    colour_reference: ColourReferenceOption = None,
     config_path: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Open every image once and report unreadable files, duplicates, leakage, bad boxes and imbalance."""
+    """Open every image once and report unreadable files, duplicates, leakage, bad boxes, imbalance
+    and swapped red and blue."""
     config, data_path = _load(config_path, overrides_with(overrides, {"check.workers": workers}), path, fmt)
     inspection = _inspect(data_path, config, out=_default_out(data_path, "check"), split=False)
+    if colour:
+        _colour_check(inspection, config, colour_sample, colour_reference)
     report = inspection.report
     report.print_summary(console)
     if json_out is not None:
@@ -146,20 +194,26 @@ def data_report(
     fmt: FormatOption = None,
     out: OutOption = None,
     workers: WorkersOption = None,
+    colour: ColourOption = True,
+    colour_sample: ColourSampleOption = 200,
+    colour_reference: ColourReferenceOption = None,
     config_path: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
     """Write an HTML exploration report (figures, samples per class, check results) and the split."""
     config, data_path = _load(config_path, overrides_with(overrides, {"check.workers": workers}), path, fmt)
     out_dir = out or _default_out(data_path, "report")
-    html = _report(data_path, config, out_dir)
+    colour_options = (colour_sample, colour_reference) if colour else None
+    html = _report(data_path, config, out_dir, colour_options)
     say(f"report: {html}")
 
 
-def _report(data_path: Path, config, out_dir: Path) -> Path:
+def _report(data_path: Path, config, out_dir: Path, colour: tuple[int, Path | None] | None = None) -> Path:
     from carid.data.inspect import write_data_report
 
     inspection = _inspect(data_path, config, out=out_dir, split=True)
+    if colour is not None:
+        _colour_check(inspection, config, *colour)
     inspection.report.print_summary(console)
     _print_split(inspection)
     return write_data_report(inspection, out_dir, title=f"carid data report: {data_path.name}")
@@ -406,3 +460,22 @@ def data_curate(
         console.print(f"[yellow]{shown(section)} skipped:[/] {shown(why)}")
     for name in ("review", "kept", "flagged", "summary"):
         say(f"{name}: {curation.paths[name]}")
+
+
+@data_app.command("fix-colours")
+def data_fix_colours(
+    source: Annotated[
+        Path, typer.Argument(help="The dataset folder whose images have red and blue swapped.")
+    ],
+    out: Annotated[Path, out_option("A new folder for the corrected copy.")],
+) -> None:
+    """Write a copy of a dataset folder with red and blue swapped back in every image (the fix for a
+    colour-order warning of carid data check). The layout and every other file are kept."""
+    from carid.data.colours import fix_colours
+
+    result = fix_colours(source, out)
+    for line in result.unreadable:
+        err_console.print(
+            f"[yellow]warning:[/] {shown(line)} (copied unchanged)", highlight=False, soft_wrap=True
+        )
+    say(f"fix-colours: {result.images} images corrected, {result.copied} other files copied: {result.out}")

@@ -20,14 +20,32 @@ def train(
         Path, typer.Argument(help="A training recipe, e.g. configs/car-models-5-transfer.yaml.")
     ],
     overrides: SetOption = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", "-d", help="Dataset folder or annotation file (sets data.path).", show_default=False
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run's last checkpoint after an interrupt.")
     ] = False,
 ) -> None:
     """Train a model from a config; writes a run folder (config, split, checkpoints, metrics, curves)."""
-    from carid.training.fit import train_from_cli
+    # The config and the dataset path are checked before the training libraries load, so that a
+    # misspelt key or a missing dataset is reported at once.
+    from dataclasses import replace
 
-    result = train_from_cli(config_path, overrides, resume=resume)
+    from carid.config import load_config, resolve_data_path
+
+    config = load_config(config_path, overrides)
+    if data is not None:
+        config = replace(config, data=replace(config.data, path=str(data)))
+    if not config.data.split_csv and not resume:
+        resolve_data_path(config.data.path)  # raises ConfigError naming the dataset and how to get it
+
+    from carid.training.fit import train as fit
+
+    result = fit(config, resume=resume, default_name=config_path.stem, progress=True)
     say(f"run: {result.run_dir}")
     say(f"best checkpoint: {result.best_checkpoint}")
     for key, value in sorted(result.metrics.items()):

@@ -82,6 +82,12 @@ class CheckReport:
         """
         return int(strict and (self.has_errors or self.has_warnings))
 
+    def with_problems(self, problems: Sequence[Problem]) -> CheckReport:
+        """This report with dataset-level findings of later checks added (e.g. the colour order)."""
+        table = self.table.with_samples(self.table.samples)
+        table.add_problems(problems)
+        return dataclasses.replace(self, table=table)
+
     def usable(self) -> SampleTable:
         """The checked table without the samples that have an ERROR problem."""
         return self.table.usable()

@@ -6,7 +6,8 @@ as a base64 data URI, so the single file can be mailed) and the figures as PNG f
 
 What it shows: a plain-language summary of what is wrong with the data (from `table.problems` and
 from the table itself), dataset facts, split counts, one table per problem kind, the check results
-as key/value rows, distribution figures and a grid of sample images with their boxes drawn.
+as readable tables, distribution figures (compact profiles when there are many classes, with the
+largest and smallest classes named in a table) and a grid of sample images with their boxes drawn.
 
 It is fast on large datasets: the distributions come from the widths, heights and boxes already in
 the table (the checks fill the sizes in), and only the images shown in the grid are decoded, at
@@ -20,15 +21,16 @@ distribution figures and `carid.data.eda_grid` the sample grid.
 
 from __future__ import annotations
 
-import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from carid.data.eda_figures import SPLITS_ORDER, UNASSIGNED, distribution_figures
+from carid.data.eda_figures import MANY_CLASSES, SPLITS_ORDER, UNASSIGNED, distribution_figures
 from carid.data.eda_grid import grid_image, sample_grid
 from carid.data.samples import Problem, SampleTable, Severity
 from carid.data.text import file_text
@@ -62,7 +64,9 @@ MAX_PROBLEM_ROWS = 500  # rows per problem kind in the full list; the rest is co
 EXAMPLES_PER_KIND = 3
 MAX_VALUE_CHARS = 400  # longer check-summary values are cut
 MAX_SUMMARY_MESSAGE = 220  # example messages in the summary are cut (the tables have them whole)
-MAX_MAPPING_ROWS = 20  # larger check-summary mappings are shown as one row
+FOLD_ROWS = 12  # check-result tables longer than this are shown folded
+NUMBER = re.compile(r"-?[\d,]+(\.\d+)?(e[+-]?\d+)?%?")  # a check-result cell shown as a number
+CLASS_EXTREMES = 6  # largest and smallest classes named when the class chart is a profile
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -279,37 +283,119 @@ def _split_rows(table: SampleTable, splits: Sequence[str]) -> list[dict[str, Any
     return rows
 
 
-def _check_rows(check_summary: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """check_summary flattened to (dotted key, text) rows, two levels deep.
+@dataclass(frozen=True)
+class CheckTable:
+    """One table of the check results: a title, column names, rows of text; `folded` ones are shown
+    closed (long lists, settings), `more` counts the rows not listed."""
 
-    Long values are cut to MAX_VALUE_CHARS; a mapping with more than MAX_MAPPING_ROWS entries
-    (e.g. per-class counts) and every list become one row that says how many entries they hold;
-    the "problems" list is only counted, since its entries are shown by kind above.
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    folded: bool = False
+    more: int = 0
+
+    @property
+    def numeric(self) -> tuple[bool, ...]:
+        """Per column: every value is a number (right-aligned on the page)."""
+        return tuple(
+            all(NUMBER.fullmatch(row[column]) for row in self.rows) for column in range(len(self.columns))
+        )
+
+
+def _words(key: object) -> str:
+    return str(key).replace("_", " ")
+
+
+def _cell(value: Any) -> str:
+    """A value as short readable text: numbers with separators, a file member by its name and label,
+    nested values as "key: value" pairs; cut to MAX_VALUE_CHARS."""
+    if isinstance(value, bool) or value is None:
+        text = {True: "yes", False: "no", None: "-"}[value]
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, float):
+        text = f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    elif isinstance(value, Mapping) and "path" in value:
+        label = value.get("label")
+        text = Path(str(value["path"])).name + (f" ({label})" if label else "")
+    elif isinstance(value, Mapping):
+        text = ", ".join(f"{_words(k)}: {_cell(v)}" for k, v in value.items()) or "none"
+    elif isinstance(value, list | tuple):
+        text = "; ".join(_cell(item) for item in value) or "none"
+    else:
+        text = str(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + " ..."
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, Mapping | list | tuple)
+
+
+def check_tables(check_summary: Mapping[str, Any] | None) -> list[CheckTable]:
+    """The check results as readable tables, never as flattened JSON.
+
+    Top-level scalars go to one "checked" table; a mapping of plain values becomes a name / value
+    table; a mapping of mappings (e.g. per-class counts) and a list of mappings (e.g. duplicate
+    groups) become tables with one column per field. Tables longer than FOLD_ROWS, and the settings
+    (`config`), are folded; at most MAX_PROBLEM_ROWS rows are listed. The "problems" list is only
+    counted, since its entries are shown by kind above.
     """
-    rows: list[tuple[str, str]] = []
+    general: list[tuple[str, ...]] = []
+    tables: list[CheckTable] = []
 
-    def cut(text: str) -> str:
-        return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + " ..."
-
-    def add(key: str, value: Any, depth: int) -> None:
-        if isinstance(value, Mapping) and value and depth < 2 and len(value) <= MAX_MAPPING_ROWS:
-            for child, item in value.items():
-                add(f"{key}.{child}", item, depth + 1)
-        elif isinstance(value, Mapping | list | tuple):
-            head = list(value.items())[:20] if isinstance(value, Mapping) else list(value)[:20]
-            text = json.dumps(
-                dict(head) if isinstance(value, Mapping) else head, default=str, ensure_ascii=False
+    def add(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], fold: bool = False) -> None:
+        tables.append(
+            CheckTable(
+                title,
+                columns,
+                tuple(rows[:MAX_PROBLEM_ROWS]),
+                fold or len(rows) > FOLD_ROWS,
+                max(0, len(rows) - MAX_PROBLEM_ROWS),
             )
-            rows.append((key, f"{len(value):,} entries: {cut(text)}" if value else "none"))
-        else:
-            rows.append((key, cut(str(value))))
+        )
 
     for key, value in (check_summary or {}).items():
+        title = _words(key)
         if key == "problems" and isinstance(value, list):
-            rows.append(("problems", f"{len(value):,} (listed by kind above)"))
+            general.append(("problems", f"{len(value):,} (listed by kind above)"))
+        elif _is_scalar(value) or not value:
+            general.append((title, _cell(value) if value or _is_scalar(value) else "none"))
+        elif isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in value.values()):
+            fields = list(dict.fromkeys(field for v in value.values() for field in v))
+            rows = [(str(name), *(_cell(v.get(f)) for f in fields)) for name, v in value.items()]
+            add(title, ("name", *map(_words, fields)), rows)
+        elif isinstance(value, Mapping):
+            rows = [(_words(name), _cell(item)) for name, item in value.items()]
+            add(title, ("name", "value"), rows, fold=key == "config")
+        elif all(isinstance(item, Mapping) for item in value):
+            fields = list(dict.fromkeys(field for item in value for field in item))
+            add(
+                title,
+                ("#", *map(_words, fields)),
+                [(str(i + 1), *(_cell(item.get(f)) for f in fields)) for i, item in enumerate(value)],
+            )
         else:
-            add(str(key), value, 0)
-    return rows
+            general.append((title, f"{len(value):,} entries: {_cell(list(value))}"))
+    if general:
+        tables.insert(0, CheckTable("checked", ("name", "value"), tuple(general), len(general) > FOLD_ROWS))
+    return tables
+
+
+def class_extremes(table: SampleTable, count: int = CLASS_EXTREMES) -> dict[str, list[tuple[str, str]]]:
+    """The `count` largest and smallest classes by images, as (name, images) rows; empty unless the
+    class chart is the compact profile (more than MANY_CLASSES classes), which names no class."""
+    counts = table.class_counts()
+    names = sorted(set(table.classes) | set(counts), key=lambda name: (-counts.get(name, 0), name))
+    if len(names) <= MANY_CLASSES:
+        return {}
+    count = min(count, len(names) // 2)
+    return {
+        "largest": [(name, f"{counts.get(name, 0):,}") for name in names[:count]],
+        "smallest": [
+            (name, f"{counts.get(name, 0):,}")
+            for name in sorted(names, key=lambda name: (counts.get(name, 0), name))[:count]
+        ],
+    }
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -322,7 +408,7 @@ def write_report(
     check_summary: Mapping[str, Any] | None = None,
     title: str | None = None,
     samples_per_class: int = 4,
-    max_classes_in_grid: int = 48,
+    max_classes_in_grid: int = 24,
     seed: int = 0,
 ) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/figures/*``; returns the path of the HTML file.
@@ -331,7 +417,7 @@ def write_report(
         in `table.problems` (the report shows all samples, including excluded ones).
     splits: one of "train"/"val"/"test" per sample (aligned with table.samples), optional;
         None for a sample in no split (e.g. one excluded by the checks).
-    check_summary: the JSON-ready dict of the checks; shown as key/value rows; problem dicts in
+    check_summary: the JSON-ready dict of the checks; shown as tables (`check_tables`); problem dicts in
         its "problems" list are merged with table.problems.
     samples_per_class / max_classes_in_grid: size of the sample grid (largest classes first).
     seed: which images the grid shows.
@@ -360,6 +446,7 @@ def write_report(
         {
             "title": row.title,
             "total": row.total,
+            "gallery": row.gallery,
             "cells": [
                 {
                     "uri": data_uri(jpeg_bytes(cell.image), "image/jpeg"),
@@ -382,7 +469,8 @@ def write_report(
         has_boxes=table.has_boxes,
         kinds=kinds,
         max_rows=MAX_PROBLEM_ROWS,
-        check_rows=_check_rows(check_summary),
+        check_tables=check_tables(check_summary),
+        extremes=class_extremes(table),
         figures=figures,
         grid=grid,
         grid_note=grid_note,

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from carid.data.samples import Sample, SampleTable
 from carid.reporting import ReportFigure, add_figure
 
-MANY_CLASSES = 20  # above this, class bar charts are horizontal and tall
+MANY_CLASSES = 20  # above this, class charts become compact profiles without class names
+PROFILE_HEIGHT = 2.6  # inches, of a many-class profile figure
 MAX_SCATTER_POINTS = 20_000
 
 UNASSIGNED = "no split"  # shown for samples whose split is None (e.g. excluded ones)
@@ -33,27 +34,51 @@ def _class_counts_figure(table: SampleTable) -> Figure | None:
     names = [name for name in table.classes if name not in counts] + list(counts)
     names = sorted(set(names), key=lambda name: (-counts[name], name))
     values = [counts[name] for name in names]
+    if len(names) > MANY_CLASSES:
+        return _class_profile_figure(values)
     return _bar_figure(names, {"images": values}, "images per class", colours=["#4c72b0"])
+
+
+def _class_profile_figure(values: Sequence[int]) -> Figure:
+    """Many classes: the sorted count profile (one thin bar per class, no names) beside a histogram
+    of images per class; the page names the largest and smallest classes in a table instead."""
+    figure = Figure(figsize=(11, PROFILE_HEIGHT), layout="constrained")
+    profile, histogram = figure.subplots(1, 2, width_ratios=[1.6, 1])
+    positions = np.arange(1, len(values) + 1)
+    profile.bar(positions, values, width=1.0, color="#4c72b0")
+    median = float(np.median(values))
+    profile.axhline(median, color="black", linestyle="--", linewidth=1, label=f"median {median:g}")
+    profile.set_xlim(0.5, len(values) + 0.5)
+    profile.set_xlabel(f"class rank (1 = largest of {len(values):,})")
+    profile.set_ylabel("images")
+    profile.set_title("images per class, sorted")
+    profile.grid(axis="y", alpha=0.3)
+    profile.legend(loc="upper right", fontsize=8)
+    histogram.hist(values, bins=min(30, max(5, len(set(values)))), color="#4c72b0", edgecolor="white")
+    histogram.set_xlabel("images in the class")
+    histogram.set_ylabel("classes")
+    histogram.set_title("how many classes have how many images")
+    return figure
 
 
 def _bar_figure(
     names: Sequence[str], stacks: Mapping[str, Sequence[int]], value_label: str, colours: Sequence[str]
 ) -> Figure:
-    """Bars per name, stacked by the keys of `stacks`; horizontal and tall for many names."""
+    """Bars per name, stacked by the keys of `stacks`; for many names a compact profile without the
+    names (one thin bar each, in the given order), so the page stays short whatever the class count."""
     many = len(names) > MANY_CLASSES
     if many:
-        figure = Figure(figsize=(8.5, max(4.0, 0.16 * len(names) + 1.2)), layout="constrained")
+        figure = Figure(figsize=(11, PROFILE_HEIGHT), layout="constrained")
         axes = figure.add_subplot()
-        positions = np.arange(len(names))
-        left = np.zeros(len(names))
+        positions = np.arange(1, len(names) + 1)
+        bottom = np.zeros(len(names))
         for (label, values), colour in zip(stacks.items(), colours, strict=False):
-            axes.barh(positions, values, left=left, label=label, color=colour, height=0.8)
-            left += np.asarray(values, dtype=float)
-        axes.set_yticks(positions, [str(n) for n in names], fontsize=6)
-        axes.set_ylim(len(names) - 0.5, -0.5)  # largest at the top
-        axes.set_xlabel(value_label)
-        axes.tick_params(axis="x", top=True, labeltop=True)  # the scale is readable at both ends
-        axes.grid(axis="x", alpha=0.3)
+            axes.bar(positions, values, bottom=bottom, label=label, color=colour, width=1.0)
+            bottom += np.asarray(values, dtype=float)
+        axes.set_xlim(0.5, len(names) + 0.5)
+        axes.set_xlabel(f"class rank (1 = largest of {len(names):,})")
+        axes.set_ylabel(value_label)
+        axes.grid(axis="y", alpha=0.3)
     else:
         figure = Figure(figsize=(max(5.0, 0.45 * len(names) + 2), 4.5), layout="constrained")
         axes = figure.add_subplot()
@@ -62,11 +87,12 @@ def _bar_figure(
         for (label, values), colour in zip(stacks.items(), colours, strict=False):
             axes.bar(positions, values, bottom=bottom, label=label, color=colour)
             bottom += np.asarray(values, dtype=float)
-        axes.set_xticks(positions, [str(n) for n in names], rotation=45 if len(names) > 5 else 0, ha="right")
+        crowded = len(names) > 5 or max(len(str(n)) for n in names) > 8  # long names would overlap
+        axes.set_xticks(positions, [str(n) for n in names], rotation=45 if crowded else 0, ha="right")
         axes.set_ylabel(value_label)
         axes.grid(axis="y", alpha=0.3)
     if len(stacks) > 1:
-        axes.legend(loc="lower right" if many else "upper right")
+        axes.legend(loc="upper right", ncols=len(stacks) if many else 1, fontsize=8 if many else None)
     return figure
 
 
@@ -98,7 +124,7 @@ def _subsample(rng: np.random.Generator, array: np.ndarray) -> np.ndarray:
 
 def _size_figure(sizes: np.ndarray, rng: np.random.Generator) -> Figure:
     """sizes: [N, 2] width, height in pixels."""
-    figure = Figure(figsize=(10, 4.2), layout="constrained")
+    figure = Figure(figsize=(10, 2.9), layout="constrained")
     scatter, histogram = figure.subplots(1, 2)
     shown = _subsample(rng, sizes)
     scatter.scatter(shown[:, 0], shown[:, 1], s=6, alpha=0.35, color="#4c72b0", edgecolors="none")
@@ -116,7 +142,7 @@ def _size_figure(sizes: np.ndarray, rng: np.random.Generator) -> Figure:
 def _pixels_figure(sizes: np.ndarray, file_kb: np.ndarray) -> Figure:
     """sizes: [N, 2] width, height in pixels; file_kb: [M] file sizes in kB."""
     panels = 2 if len(file_kb) else 1
-    figure = Figure(figsize=(5 * panels, 4.2), layout="constrained")
+    figure = Figure(figsize=(5 * panels, 2.9), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, panels))
     axes[0].hist(sizes[:, 0] * sizes[:, 1] / 1e6, bins=40, color="#55a868")
     axes[0].set_xlabel("megapixels")
@@ -143,7 +169,7 @@ def _relative_boxes(samples: Sequence[Sample]) -> np.ndarray:
 def _box_size_figure(relative: np.ndarray, rng: np.random.Generator) -> Figure:
     widths = np.clip(relative[:, 2] - relative[:, 0], 0, 1)
     heights = np.clip(relative[:, 3] - relative[:, 1], 0, 1)
-    figure = Figure(figsize=(10, 4.2), layout="constrained")
+    figure = Figure(figsize=(10, 2.9), layout="constrained")
     histogram, scatter = figure.subplots(1, 2)
     areas = widths * heights
     histogram.hist(areas, bins=40, range=(0, max(float(areas.max()), 1e-3) * 1.02), color="#c44e52")
@@ -211,14 +237,20 @@ def distribution_figures(
     add(
         "class_counts.png",
         "Images per class",
-        "Classes sorted by the number of images, largest first.",
+        "Classes sorted by the number of images, largest first"
+        + (
+            "; the largest and smallest are named in the table below."
+            if len(table.class_counts()) > MANY_CLASSES
+            else "."
+        ),
         _class_counts_figure(table),
     )
     if splits is not None and samples:
         add(
             "split_counts.png",
             "Images per split",
-            "Counts per split (stacked).",
+            "Counts per split (stacked)"
+            + ("; classes sorted by their total." if len(table.class_counts()) > MANY_CLASSES else "."),
             _split_figure(table, splits),
         )
     sizes = np.array([(s.width, s.height) for s in samples if s.width and s.height], dtype=np.float64)

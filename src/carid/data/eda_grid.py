@@ -2,18 +2,21 @@
 
 Only the images shown are decoded, at reduced size (`carid.images.load_rgb(min_side=...)`); a file
 that cannot be read becomes a placeholder naming the error. `sample_grid` picks and draws the
-rows, `grid_image` pastes them into one picture (``sample_grid.jpg``).
+rows, `grid_image` pastes them into one picture (``sample_grid.jpg``). With more than
+`MANY_CLASSES` classes the grid is one gallery row of one image per class, captioned with the
+class, so the page stays short.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from carid.data.eda_figures import MANY_CLASSES
 from carid.data.samples import Sample, SampleTable
 from carid.data.text import file_text
 from carid.images import ImageError, load_rgb
@@ -41,6 +44,7 @@ class GridRow:
     title: str
     total: int  # images in the group (the row shows a sample of them)
     cells: list[GridCell] = field(default_factory=list)
+    gallery: bool = False  # one image per class, each captioned with its class
 
 
 def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -131,6 +135,20 @@ def sample_grid(
             by_label[sample.label if sample.label is not None else ""].append(sample)
         order = {name: i for i, name in enumerate(table.classes)}
         names = sorted(counts, key=lambda name: (-counts[name], order.get(name, len(order)), name))
+        if len(counts) > MANY_CLASSES:  # a gallery: one image per class, named by its class
+            shown = names[:max_classes]
+            row = GridRow(
+                f"One image of each of {len(shown):,} classes", sum(counts[n] for n in shown), gallery=True
+            )
+            for name in shown:
+                sample = _pick(by_label[name], 1, rng)[0]
+                cell = _thumbnail(sample, table.has_boxes, excluded.get(str(sample.path)))
+                row.cells.append(replace(cell, caption=name, source=f"{cell.caption}: {cell.source}"))
+            which = f"{len(shown):,} largest of {len(counts):,}" if len(counts) > len(shown) else "all"
+            note = (
+                f"One random image of each of the {which} classes, its class under it (hover for the file)."
+            )
+            return [row], note + " Boxes are drawn in colour."
         groups = [(name, by_label[name]) for name in names[:max_classes]]
         if "" in by_label and len(groups) < max_classes:
             groups.append(("(no class label)", by_label[""]))

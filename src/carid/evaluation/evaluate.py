@@ -66,6 +66,7 @@ from carid.evaluation.evaluation_data import (
 from carid.evaluation.metric_records import EvaluationResult
 from carid.evaluation.metrics import DEFAULT_TOP_K, evaluate_predictions
 from carid.evaluation.report import EvaluationView, write_evaluation_report
+from carid.evaluation.report_pairs import run_folder
 from carid.evaluation.scoring import EvaluationError, Scores, ScoreSource, align_labels, target_boxes
 from carid.evaluation.sources import open_score_source
 from carid.evaluation.val_calibration import DEFAULT_TARGET_PRECISION, CalibrationFit, fit_val_calibration
@@ -481,6 +482,7 @@ def write_outputs(report: EvaluationReport, out_dir: Path, source: ScoreSource) 
         facts=_facts(report),
         notes=report.notes,
         calibration=None if report.calibration is None else report.calibration.to_dict(),
+        run_dir=run_folder(report.model),
     )
     paths.update(write_evaluation_report(view, out_dir))
     return paths

@@ -6,16 +6,20 @@ embedded as a base64 data URI, so the single file can be mailed) and the figures
 
     confusion.png       the whole confusion matrix, rows normalized (share of the true class),
                         classes in `EvaluationResult.display_order` (grouped by make, with thin lines
-                        between makes), sized so 196 class names stay legible
-    confusion_top.png   the classes of the most confused pairs only, with counts written in
+                        between makes); folded on the page above FOLD_CLASSES classes (a 196-class
+                        matrix cannot be read at page width)
+    confusion_top.png   the classes of the most confused pairs only (up to 16), counts in every cell
     reliability.png     reliability diagram (accuracy vs confidence per bin) and the bin counts
-    per_class_f1.png    F1 of every class, sorted, worst at the top
+    per_class_f1.png    F1 of every class, sorted, worst at the top (the 30 weakest of many classes)
     iou.png             histogram of the IoU of predicted vs true boxes (only with boxes)
+    curves.png          the training curves of the model's run, when its run folder is known
 
-The page shows the headline scores, taxonomy-level accuracies, calibration (ECE, NLL and, when
-fitted, the temperature and the "unknown" threshold), notes about the data (unknown labels,
-unreadable images), the most confused pairs with a thumbnail of a mistaken photo (true box green,
-predicted box red) beside a photo of the class it was taken for, and a per-class table.
+The page shows the headline scores, taxonomy-level accuracies, the most confused pairs as a text
+table (with how often each goes the other way), calibration (ECE, NLL and, when fitted, the
+temperature and the "unknown" threshold), notes about the data (unknown labels, unreadable images),
+up to three mistaken photos per confused pair beside a photo of the class they were taken for (boxes
+drawn, and named in the caption, only when the evaluation has them; `carid.evaluation.report_pairs`),
+the figures and a per-class table.
 
 Figures, files and the page go through `carid.reporting`, shared with `carid.data.eda` and
 `carid.evaluation.compare`: matplotlib's object API on the Agg canvas (no pyplot state, no display)
@@ -37,29 +41,26 @@ from matplotlib.figure import Figure
 
 from carid.data.samples import Problem, Sample
 from carid.evaluation.metric_records import EvaluationResult
-from carid.files import write_atomic
-from carid.reporting import (
-    REPORT_NAME,
-    ReportFigure,
-    add_figure,
-    data_uri,
-    draw_boxes,
-    jpeg_bytes,
-    render_page,
-    write_figures,
+from carid.evaluation.report_pairs import (
+    CURVES_FILE,
+    MISTAKES_PER_PAIR,
+    box_legend,
+    confused_pair_rows,
+    pair_examples,
+    training_curves,
 )
+from carid.files import write_atomic
+from carid.reporting import REPORT_NAME, ReportFigure, add_figure, render_page, write_figures
 from carid.taxonomy import Taxonomy
 
 TEMPLATE = "evaluation.html"  # in carid/evaluation/templates/
 FIGURE_FILES = frozenset(
-    {"confusion.png", "confusion_top.png", "reliability.png", "per_class_f1.png", "iou.png"}
+    {"confusion.png", "confusion_top.png", "reliability.png", "per_class_f1.png", "iou.png", CURVES_FILE}
 )
 MAX_TICK_LABELS = 250  # above this, the full confusion matrix has no class names on its axes
-MAX_ZOOM_CLASSES = 30  # classes in the zoomed confusion matrix
-MAX_PAIR_EXAMPLES = 12  # confused pairs shown with thumbnails
-THUMB_SIZE = 150  # pixels, longer side of a thumbnail
-TRUE_BOX_COLOUR = (40, 200, 60)
-PREDICTED_BOX_COLOUR = (235, 40, 40)
+MAX_ZOOM_CLASSES = 16  # classes in the zoomed confusion matrix (its counts stay legible)
+FOLD_CLASSES = 40  # above this, the full confusion matrix is folded and the F1 chart shows the weakest
+WEAKEST_SHOWN = 30  # classes in the F1 chart of a many-class model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,6 +89,7 @@ class EvaluationView:
     iou: float [N], NaN where there is no true box, or None without boxes.
     facts: (name, text) rows about the model, data and timing. notes: data problems to show.
     calibration: `CalibrationFit.to_dict()` when a temperature was fitted.
+    run_dir: the training run folder of the model, when known; its curves are shown.
     """
 
     title: str
@@ -102,6 +104,7 @@ class EvaluationView:
     facts: Sequence[tuple[str, str]] = ()
     notes: Sequence[Problem] = ()
     calibration: Mapping[str, Any] | None = None
+    run_dir: Path | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,28 +175,35 @@ def confusion_zoom_figure(result: EvaluationResult, limit: int = MAX_ZOOM_CLASSE
     if len(classes) < 2:
         return None
     counts = result.confusion[np.ix_(classes, classes)]
-    size = float(np.clip(3.0 + 0.42 * len(classes), 5.0, 16.0))
-    figure = Figure(figsize=(size + 2.5, size + 1.5), layout="constrained")
+    side = 0.55 * len(classes) + 3.6  # inches: ~55 px cells, room for the class names
+    figure = Figure(figsize=(min(side, 11.5), side), layout="constrained")
     axis = figure.add_subplot()
     off_diagonal = counts.astype(np.float64)
     np.fill_diagonal(off_diagonal, np.nan)
-    axis.imshow(off_diagonal, cmap="Reds", interpolation="nearest")
+    axis.imshow(off_diagonal, cmap="Reds", interpolation="nearest", vmin=0)
     peak = max(1, int(np.nanmax(off_diagonal))) if np.isfinite(off_diagonal).any() else 1
     for row in range(len(classes)):
         for column in range(len(classes)):
             value = int(counts[row, column])
-            if value:
+            if value or row == column:
                 colour = "black" if row == column or value < 0.6 * peak else "white"
                 weight = "bold" if row == column else "normal"
                 axis.text(
-                    column, row, str(value), ha="center", va="center", fontsize=7, color=colour, weight=weight
+                    column,
+                    row,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=11,
+                    color=colour,
+                    weight=weight,
                 )
     names = [result.class_names[i] for i in classes]
-    axis.set_xticks(range(len(classes)), names, rotation=90, fontsize=7)
-    axis.set_yticks(range(len(classes)), names, fontsize=7)
+    axis.set_xticks(range(len(classes)), names, rotation=90, fontsize=9)
+    axis.set_yticks(range(len(classes)), names, fontsize=9)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
-    axis.set_title("Most confused classes (counts; diagonal = correct, in bold)")
+    axis.set_title("Most confused classes: images (rows true, columns predicted; bold = right)")
     return figure
 
 
@@ -249,6 +259,9 @@ def reliability_figure(result: EvaluationResult) -> Figure:
 def per_class_f1_figure(result: EvaluationResult) -> Figure:
     """Horizontal bars of per-class F1, worst at the top; classes without samples are left out."""
     rows = sorted((m for m in result.per_class if m.support > 0), key=lambda m: (m.f1, m.name), reverse=True)
+    total = len(rows)
+    if total > FOLD_CLASSES:  # the weakest only: a bar per class of 196 is a 3,000-pixel figure
+        rows = rows[-WEAKEST_SHOWN:]
     height = float(np.clip(1.5 + 0.16 * len(rows), 3.0, 40.0))
     figure = Figure(figsize=(8.5, height), layout="constrained")
     axis = figure.add_subplot()
@@ -263,7 +276,10 @@ def per_class_f1_figure(result: EvaluationResult) -> Figure:
         result.macro.f1, color="black", linestyle="--", linewidth=1, label=f"macro F1 {result.macro.f1:.3f}"
     )
     axis.set_xlabel("F1 (support in brackets)")
-    axis.set_title("Per-class F1, sorted (red: below 0.5)")
+    axis.set_title(
+        "Per-class F1, sorted (red: below 0.5)"
+        + (f": the {len(rows)} weakest of {total} classes" if len(rows) < total else "")
+    )
     axis.legend(loc="lower right", fontsize=8)
     return figure
 
@@ -309,7 +325,8 @@ def evaluation_figures(view: EvaluationView) -> list[ReportFigure]:
     add(
         "confusion_top.png",
         "Most confused classes",
-        f"The classes of the most confused pairs (up to {MAX_ZOOM_CLASSES}), counts of images.",
+        f"The classes of the most confused pairs (up to {MAX_ZOOM_CLASSES}); each cell counts images "
+        "(row: true class, column: predicted class; the diagonal, in bold, the right answers).",
         confusion_zoom_figure(result),
     )
     add(
@@ -321,7 +338,12 @@ def evaluation_figures(view: EvaluationView) -> list[ReportFigure]:
     add(
         "per_class_f1.png",
         "Per-class F1",
-        "Classes without samples in this split are left out.",
+        "Classes without samples in this split are left out"
+        + (
+            f"; the {WEAKEST_SHOWN} weakest shown, every class in the per-class table."
+            if sum(m.support > 0 for m in result.per_class) > FOLD_CLASSES
+            else "."
+        ),
         per_class_f1_figure(result),
     )
     if view.iou is not None:
@@ -332,78 +354,6 @@ def evaluation_figures(view: EvaluationView) -> list[ReportFigure]:
             iou_figure(view.iou),
         )
     return figures
-
-
-# ----------------------------------------------------------------------------------------------
-# Thumbnails of the most confused pairs
-
-
-def thumbnail(sample: Sample, boxes: Sequence[tuple[np.ndarray, tuple[int, int, int]]] = ()) -> bytes | None:
-    """A JPEG thumbnail (longer side THUMB_SIZE) with boxes (xyxy photo pixels, colour) drawn; None
-    when the image cannot be read."""
-    from carid.preprocess import load_image
-
-    try:
-        decoded = load_image(sample.path, min_side=THUMB_SIZE)
-    except (OSError, ValueError):  # ImageError is a ValueError; a report must not stop at one file
-        return None
-    image = decoded.image.copy()
-    image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-    scale = (image.width / decoded.original_size[0], image.height / decoded.original_size[1])
-    draw_boxes(image, boxes, scale)
-    return jpeg_bytes(image)
-
-
-def _box_row(boxes: np.ndarray | None, row: int) -> np.ndarray | None:
-    return None if boxes is None else boxes[row]
-
-
-def pair_examples(view: EvaluationView, limit: int = MAX_PAIR_EXAMPLES) -> list[dict[str, Any]]:
-    """The most confused pairs with, for each, the most confident mistake and a photo of the class it
-    was taken for (its most confident right answer, else any sample of it)."""
-    result = view.result
-    predicted = view.probabilities.argmax(axis=1)
-    confidence = view.probabilities.max(axis=1)
-    rows = []
-    for pair in result.confused_pairs[:limit]:
-        mistakes = np.flatnonzero((view.labels == pair.true_index) & (predicted == pair.predicted_index))
-        references = np.flatnonzero(view.labels == pair.predicted_index)
-        right = references[predicted[references] == pair.predicted_index]
-        mistake_uri = reference_uri = None
-        mistake_name = reference_name = ""
-        mistake_confidence = None
-        if len(mistakes):
-            row = int(mistakes[np.argmax(confidence[mistakes])])
-            data = thumbnail(
-                view.samples[row],
-                [
-                    (_box_row(view.true_boxes, row), TRUE_BOX_COLOUR),
-                    (_box_row(view.pred_boxes, row), PREDICTED_BOX_COLOUR),
-                ],
-            )
-            mistake_uri = None if data is None else data_uri(data, "image/jpeg")
-            mistake_name = view.samples[row].path.name
-            mistake_confidence = float(confidence[row])
-        pool = right if len(right) else references
-        if len(pool):
-            row = int(pool[np.argmax(view.probabilities[pool, pair.predicted_index])])
-            data = thumbnail(view.samples[row], [(_box_row(view.true_boxes, row), TRUE_BOX_COLOUR)])
-            reference_uri = None if data is None else data_uri(data, "image/jpeg")
-            reference_name = view.samples[row].path.name
-        rows.append(
-            {
-                "true_name": pair.true_name,
-                "predicted_name": pair.predicted_name,
-                "count": pair.count,
-                "share": _percent(pair.share),
-                "mistake_uri": mistake_uri,
-                "mistake_name": mistake_name,
-                "mistake_confidence": _percent(mistake_confidence),
-                "reference_uri": reference_uri,
-                "reference_name": reference_name,
-            }
-        )
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,6 +419,9 @@ def write_evaluation_report(view: EvaluationView, out_dir: Path | str) -> dict[s
     """
     out_dir = Path(out_dir)
     figures = evaluation_figures(view)
+    curves = training_curves(view.run_dir)
+    if curves is not None:
+        figures.append(curves)
     written = write_figures(figures, out_dir, known=FIGURE_FILES)
     paths = {Path(name).stem: path for name, path in written.items()}
     result = view.result
@@ -484,8 +437,13 @@ def write_evaluation_report(view: EvaluationView, out_dir: Path | str) -> dict[s
         ],
         calibration=view.calibration,
         notes=[note.to_dict() for note in view.notes],
+        pair_rows=confused_pair_rows(result),
         pairs=pair_examples(view),
-        figures=figures,
+        box_legend=box_legend(view),
+        max_mistakes=MISTAKES_PER_PAIR,
+        curves=curves,
+        figures=[figure for figure in figures if figure is not curves],
+        folded={"confusion.png"} if len(result.class_names) > FOLD_CLASSES else set(),
         per_class=per_class_rows(result),
     )
     report = out_dir / REPORT_NAME

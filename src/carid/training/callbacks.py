@@ -1,5 +1,6 @@
 """Training callbacks: staged unfreezing of the backbone (a Lightning `BaseFinetuning`), and the
-callbacks of a run (`build_callbacks`: checkpointing, LR monitor, progress bar, early stopping).
+callbacks of a run (`build_callbacks`: checkpointing, LR monitor, the per-epoch table and
+results.csv, the progress bar on a terminal, early stopping).
 
 `StagedUnfreezing` follows `TrainConfig.freeze` and `TrainConfig.unfreeze`:
 
@@ -42,6 +43,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from carid.config import Config, UnfreezeStep
+from carid.training.console import is_terminal
+from carid.training.epoch_table import EpochTable
 from carid.training.run_setup import BEST, CHECKPOINT_DIR
 
 ALL = "none"  # `freeze` value meaning: nothing frozen
@@ -131,8 +134,9 @@ class StagedUnfreezing(BaseFinetuning):
 def build_callbacks(
     config: Config, run_dir: Path, monitor: str | None, progress: bool
 ) -> tuple[ModelCheckpoint, list[Callback]]:
-    """Checkpointing (best by `monitor`, the latest epoch when None, + last), LR monitor, progress
-    bar, early stopping, unfreezing."""
+    """Checkpointing (best by `monitor`, the latest epoch when None, + last), LR monitor, the epoch
+    table (printed when `progress`; results.csv always), the progress bar (on a terminal only: in a
+    file a live bar prints nothing until it ends), early stopping, unfreezing."""
     mode = "min" if monitor is None else monitor_mode(monitor)
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
@@ -145,7 +149,8 @@ def build_callbacks(
         enable_version_counter=False,
     )
     callbacks: list[Callback] = [checkpointing, LearningRateMonitor(logging_interval="epoch")]
-    callbacks += progress_bar(progress)
+    callbacks.append(EpochTable(run_dir, monitor, mode, show=progress))
+    callbacks += progress_bar(progress and is_terminal())
     if config.train.early_stopping_patience > 0 and monitor is not None:
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=config.train.early_stopping_patience)
@@ -157,14 +162,15 @@ def build_callbacks(
 
 
 def progress_bar(progress: bool) -> list[Callback]:
-    """The console progress bar (rich when installed, else tqdm); none when `progress` is False."""
+    """The console progress bar (rich when installed, else tqdm; each epoch's bar is replaced by its
+    table row); none when `progress` is False."""
     if not progress:
         return []
     try:
         import rich  # noqa: F401
     except ImportError:
         return [TQDMProgressBar()]
-    return [RichProgressBar(leave=True)]
+    return [RichProgressBar(leave=False)]
 
 
 def monitor_mode(monitor: str) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 import lightning as L
@@ -42,9 +43,10 @@ from torch.utils.data import DataLoader, Dataset
 from carid import boxes as box_math
 from carid.config import AugmentConfig, TrainConfig
 from carid.data.samples import Sample, SampleTable
-from carid.images import ImageError
+from carid.images import ImageError, swap_red_blue
 from carid.preprocess import PreprocessSpec, compute_geometry, load_image
 from carid.preprocess import decode_min_side as network_decode_min_side
+from carid.training.balance import Balance, sampling_options
 from carid.training.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class CarDataset(Dataset):
     indices: what each item reports as "index" (default: the position in `samples`).
     decode_min_side: shorter side to keep when decoding (default: the network input side; 0 = full).
     on_error: "skip" (warn and use the next sample) or "raise" (ImageError naming the file).
+    swap_rb: exchange red and blue of every decoded image (`DataConfig.swap_rb`: files saved BGR).
 
     Raises ValueError at construction for a label not in `class_index`, naming the sample.
     """
@@ -125,8 +128,10 @@ class CarDataset(Dataset):
         indices: Sequence[int] | None = None,
         decode_min_side: int | None = None,
         on_error: Literal["skip", "raise"] = "raise",
+        swap_rb: bool = False,
     ) -> None:
         self.samples = list(samples)
+        self.swap_rb = swap_rb
         self.transform = transform
         self.indices = list(range(len(self.samples))) if indices is None else [int(i) for i in indices]
         if len(self.indices) != len(self.samples):
@@ -187,6 +192,8 @@ class CarDataset(Dataset):
             original_size=known_size,
             min_side=self.decode_min_side,
         )
+        if self.swap_rb:
+            decoded = replace(decoded, image=swap_red_blue(decoded.image))
         original_w, original_h = decoded.original_size
         target = select_target_box(sample.boxes, original_w, original_h)
         if target is None and sample.has_box:
@@ -223,8 +230,9 @@ class CarDataModule(L.LightningDataModule):
     classes: class names in index order (default `table.classes`); label_of maps a sample to one
         of them or None (e.g. a taxonomy level for `DataConfig.label_level`).
     augment, train: `AugmentConfig` (train transform) and `TrainConfig` (batch_size, num_workers,
-        seed, accelerator).
-    decode_min_side: see `CarDataset`.
+        seed, accelerator; balance "sampler": the train loader draws class-balanced,
+        `carid.training.balance`).
+    decode_min_side, swap_rb: see `CarDataset`.
     """
 
     def __init__(
@@ -236,8 +244,10 @@ class CarDataModule(L.LightningDataModule):
         augment: AugmentConfig | None = None,
         train: TrainConfig | None = None,
         decode_min_side: int | None = None,
+        swap_rb: bool = False,
     ) -> None:
         super().__init__()
+        self.swap_rb = swap_rb
         self.table = table
         self.spec = spec
         self.classes = list(table.classes if classes is None else classes)
@@ -289,6 +299,10 @@ class CarDataModule(L.LightningDataModule):
         """True when any training sample has a box (for `ModelConfig.box_head = "auto"`)."""
         return any(self.table.samples[i].has_box for i in self.positions["train"])
 
+    def train_labels(self) -> list[int]:
+        """The class index of every training sample (-1 unlabeled): what class balancing counts."""
+        return self.dataset("train", augment=True).labels
+
     def split_samples(self, split: str) -> list[Sample]:
         return [self.table.samples[i] for i in self._positions_of(split)]
 
@@ -328,6 +342,7 @@ class CarDataModule(L.LightningDataModule):
             indices=positions,
             decode_min_side=self.decode_min_side,
             on_error=on_error,
+            swap_rb=self.swap_rb,
         )
 
     # --- loaders ---
@@ -336,17 +351,18 @@ class CarDataModule(L.LightningDataModule):
     def pin_memory(self) -> bool:
         return torch.cuda.is_available() and self.train_config.accelerator != "cpu"
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False, labels: Sequence[int] = ()
+    ) -> DataLoader:
+        """shuffle: seeded, or the class-balanced draws of train.balance "sampler" (from `labels`)."""
         workers = self.train_config.num_workers
         options: dict[str, Any] = {}
         if shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(self.train_config.seed)
-            options["generator"] = generator
+            balance = Balance.from_config(self.train_config)
+            options = sampling_options(labels, balance, self.train_config.seed)
         return DataLoader(
             dataset,
             batch_size=self.train_config.batch_size,
-            shuffle=shuffle,
             drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -356,9 +372,11 @@ class CarDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Augmented, shuffled with a generator seeded from `TrainConfig.seed`; drops a last partial batch."""
+        """Augmented, shuffled with a generator seeded from `TrainConfig.seed` (or drawn class-balanced,
+        `train.balance: sampler`); drops a last partial batch."""
         dataset = self.dataset("train", augment=True)
-        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.train_config.batch_size)
+        drop_last = len(dataset) > self.train_config.batch_size
+        return self._loader(dataset, shuffle=True, drop_last=drop_last, labels=dataset.labels)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"))
@@ -377,6 +395,7 @@ class CarDataModule(L.LightningDataModule):
             label_of=self.label_of,
             decode_min_side=self.decode_min_side,
             on_error="raise",
+            swap_rb=self.swap_rb,
         )
         return self._loader(dataset)
 

@@ -44,6 +44,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from carid.files import write_atomic
 from carid.models.network import CarNet
+from carid.training.balance import Balance, sampling_options
+from carid.training.console import tracked
 from carid.training.datamodule import CarDataModule, CarDataset, seed_worker_transform
 
 CACHE_VERSION = 1
@@ -107,6 +109,8 @@ def samples_fingerprint(dataset: CarDataset) -> str:
             file_id = "missing"
         boxes = json.dumps([[round(float(v), 3) for v in box] for box in sample.boxes])
         digest.update(f"{sample.path}|{file_id}|{label}|{boxes}\n".encode())
+    if getattr(dataset, "swap_rb", False):  # only then, so that existing cache keys stay valid
+        digest.update(b"swap_rb\n")
     return digest.hexdigest()
 
 
@@ -153,10 +157,8 @@ def extract_features(
     names = (*FIELDS, *((MAP_FIELD,) if with_map else ()), *((DETAIL_FIELD,) if with_detail else ()))
     collected: dict[str, list[Tensor]] = {name: [] for name in names}
     batches: Any = loader
-    if progress:
-        from rich.progress import track
-
-        batches = track(loader, description=description, total=len(loader), transient=True)
+    if progress:  # a bar on a terminal, plain lines in a log file
+        batches = tracked(loader, total=len(loader), description=description)
     try:
         for batch in batches:
             encoded = network.encode(batch["image"].to(device))
@@ -276,26 +278,31 @@ class FeatureDataset(Dataset):
 
 
 class FeatureDataModule(L.LightningDataModule):
-    """Train/val loaders over cached embeddings; the train loader is shuffled with a seeded generator."""
+    """Train/val loaders over cached embeddings; the train loader is shuffled with a seeded generator,
+    or with `balance` mode "sampler" draws class-balanced rows (`carid.training.balance`)."""
 
-    def __init__(self, cached: Mapping[str, Mapping[str, Tensor]], batch_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cached: Mapping[str, Mapping[str, Tensor]],
+        batch_size: int,
+        seed: int = 0,
+        balance: Balance | None = None,
+    ) -> None:
         super().__init__()
         if "train" not in cached:
             raise ValueError("the feature cache has no train split")
         self.cached = dict(cached)
         self.batch_size = batch_size
         self.seed = seed
+        self.balance = balance
 
     def train_dataloader(self) -> DataLoader:
         dataset = FeatureDataset(self.cached["train"])
-        generator = torch.Generator()
-        generator.manual_seed(self.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
             drop_last=len(dataset) > self.batch_size,
+            **sampling_options(self.cached["train"]["label"], self.balance, self.seed),
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -6,14 +6,22 @@ The run directory `{config.run_dir}/{name}/` (named as `carid.training.run_setup
     split.csv (+ .json)    the exact train/val/test split used (reused on resume)
     checks.json            the data-check report (when the data was inspected here)
     checkpoints/best.ckpt  best epoch by `train.monitor`; checkpoints/last.ckpt: the latest epoch
-    metrics.csv            Lightning's CSVLogger, per-epoch train/val metrics and learning rates
-    curves.png             loss, accuracy and IoU per epoch
+    results.csv            one row per epoch: time, train/val metrics, learning rates (`epoch_table`)
+    metrics.csv            Lightning's CSVLogger, one row per logging call (what `carid compare` reads)
+    curves.png             loss, accuracy (or mAP) and IoU per epoch, drawn when training ends
     lr_find.json/.png      the learning-rate finder's curve and suggestion (when `train.lr_find`)
-    summary.json           what the run did: best score, last metrics, epochs, timing, data counts
+    summary.json           what the run did: best score and epoch, last metrics, epochs, timing, data counts
+
+The console gets the run folder first, the model in one line, then one row per epoch (epoch, time,
+train and val loss, val top-1/top-5 or mAP, IoU when boxed, time left): a Rich table on a terminal,
+plain lines in a file or a CI log (`carid.training.epoch_table`, `carid.training.console`). Epochs
+are counted from 1 there, in results.csv and in summary.json's `best_epoch`; metrics.csv and the
+checkpoints keep Lightning's count from 0.
 
 The parts, each in a module of its own: the data and classes (`carid.training.run_data`), the run
 folder name (`run_setup`), hardware and DDP (`hardware`), metrics.csv and TensorBoard (`loggers`), the
-callbacks (`callbacks`) and the learning-rate finder (`lr_find`).
+callbacks (`callbacks`), what is printed (`console`, `epoch_table`) and the learning-rate finder
+(`lr_find`).
 
 `resume=True` continues the run of that name from `checkpoints/last.ckpt` up to `train.epochs`;
 metrics.csv keeps the rows of completed epochs. Under DDP only rank 0 writes files; the other ranks
@@ -33,7 +41,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger
 
 from carid import __version__
@@ -42,7 +50,9 @@ from carid.config import Config, ConfigError, TrainConfig, apply_overrides, load
 from carid.files import write_json
 from carid.preprocess import INTERPOLATIONS, PreprocessSpec
 from carid.training.callbacks import build_callbacks, monitor_mode
+from carid.training.console import is_terminal, quiet_lightning, say
 from carid.training.datamodule import CarDataModule, sample_label
+from carid.training.epoch_table import RESULTS_FILE
 from carid.training.hardware import is_distributed, resolve_precision, resolve_strategy, uses_cuda
 from carid.training.loggers import ResumableCSVLogger, checkpoint_progress, tensorboard_logger
 from carid.training.lr_find import find_lr
@@ -57,13 +67,15 @@ log = logging.getLogger(__name__)
 # Lightning warnings that say nothing useful about a carid run: few loader workers is the user's
 # choice, tiny datasets log less often than every 50 steps, the run dir holds carid's own files
 # (metrics.csv is handled by `ResumableCSVLogger`; checkpoints/ is reused on resume), and frozen
-# BatchNorm layers are in eval mode on purpose (see callbacks.py).
+# BatchNorm layers are in eval mode on purpose (see callbacks.py); torch's own deprecation of a class
+# Lightning still uses is not the user's to fix.
 QUIET_WARNINGS = (
     ".*does not have many workers.*",
     ".*smaller than the logging interval.*",
     ".*Experiment logs directory .* exists and is not empty.*",
     ".*Checkpoint directory .* exists and is not empty.*",
     ".*module\\(s\\) in eval mode at the start of training.*",
+    ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
 )
 
 
@@ -123,6 +135,9 @@ def train(
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
+        if progress:
+            say(f"run folder: {run_dir}")
+    quiet_lightning()
 
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     table = load_run_data(config, run_dir, reuse_split=resuming or worker, write=write, progress=progress)
@@ -147,6 +162,7 @@ def train(
             progress=progress,
         )
     elif config.train.cache_features:
+        from carid.training.balance import Balance
         from carid.training.features import FeatureDataModule, build_feature_cache
 
         cached, feature_cache = build_feature_cache(
@@ -158,7 +174,8 @@ def train(
             device="cuda" if uses_cuda(config.train.accelerator) else "cpu",
             progress=progress,
         )
-        fit_data = FeatureDataModule(cached, batch_size=config.train.batch_size, seed=config.train.seed)
+        balance = Balance.from_config(config.train)  # train.balance: sampler draws class-balanced rows
+        fit_data = FeatureDataModule(cached, config.train.batch_size, seed=config.train.seed, balance=balance)
 
     has_val = bool(datamodule.positions["val"]) and config.train.limit_val_batches != 0
     # a refit keeps its last epoch (monitor None): train/loss would pick by augmented-batch noise
@@ -172,6 +189,7 @@ def train(
         max_epochs=config.train.epochs,
         accelerator=config.train.accelerator,
         devices=config.train.devices,
+        num_nodes=config.train.num_nodes,
         strategy=resolve_strategy(config.train.strategy, config.train.accelerator),
         precision=resolve_precision(config.train.precision, config.train.accelerator),  # type: ignore[arg-type]
         deterministic="warn" if config.train.deterministic else False,
@@ -182,8 +200,8 @@ def train(
         default_root_dir=str(run_dir),
         log_every_n_steps=max(1, min(50, _steps_per_epoch(fit_data, config))),
         num_sanity_val_steps=0 if resuming else 1,
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
+        enable_progress_bar=any(isinstance(callback, ProgressBar) for callback in all_callbacks),
+        enable_model_summary=False,  # the epoch table prints the model in one line
     )
 
     lr_found = None
@@ -225,7 +243,7 @@ def train(
                     devices=1,
                     precision=resolve_precision(config.train.precision, config.train.accelerator),  # type: ignore[arg-type]
                     logger=False,
-                    enable_progress_bar=progress,
+                    enable_progress_bar=progress and is_terminal(),
                     enable_model_summary=False,
                     default_root_dir=str(run_dir),
                 )
@@ -235,12 +253,14 @@ def train(
 
     records = epoch_metrics(run_dir / "metrics.csv")
     last_record = records[-1] if records else {}
-    metrics.update({key: value for key, value in last_record.items() if key != "step"})
+    skipped = ("step", "epoch")  # epochs_completed and best_epoch say which epochs, counted from 1
+    metrics.update({key: _count(key, value) for key, value in last_record.items() if key not in skipped})
     metrics["epochs_completed"] = int(last_record["epoch"]) + 1 if last_record else 0
+    metrics["best_epoch"] = checkpoint_progress(best)[0] + 1 if best is not None else None
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     if feature_cache is not None:
         metrics["feature_cache_hit"] = feature_cache.hit
-    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", title=run_dir.name)
+    plot_curves(run_dir / RESULTS_FILE, run_dir / "curves.png", title=run_dir.name)
     summary = {
         "name": run_dir.name,
         "run_dir": str(run_dir),
@@ -250,6 +270,7 @@ def train(
         "monitor": monitor,
         "monitor_mode": None if monitor is None else monitor_mode(monitor),
         "best_score": metrics["best_score"],
+        "best_epoch": metrics["best_epoch"],
         "planned_epochs": config.train.epochs,
         "epochs_completed": metrics["epochs_completed"],
         "stopped_early": metrics["epochs_completed"] < config.train.epochs,
@@ -299,6 +320,7 @@ def build_model(config: Config, prepared: PreparedData, run_name: str) -> tuple[
         label_of=prepared.label_of or sample_label,
         augment=config.augment,
         train=config.train,
+        swap_rb=config.data.swap_rb,
     )
     metadata = ModelMetadata(
         class_names=tuple(prepared.classes),
@@ -376,6 +398,11 @@ def _steps_per_epoch(datamodule: L.LightningDataModule, config: Config) -> int:
 def _limit(value: float | int) -> float | int | None:
     """Lightning's limit_*_batches; None (all batches, without Lightning's notice) for 1.0."""
     return None if isinstance(value, float) and value == 1.0 else value
+
+
+def _count(key: str, value: float) -> float | int:
+    """A logged count (e.g. train/trainable_params) as an int; other metrics as they are."""
+    return int(value) if key.endswith("_params") and float(value).is_integer() else value
 
 
 def _plain(value: Any) -> Any:

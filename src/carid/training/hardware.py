@@ -50,5 +50,6 @@ def is_distributed(config: Config) -> bool:
         devices == -1
         or (isinstance(devices, int) and devices > 1)
         or (isinstance(devices, str) and devices not in ("1", "auto"))
+        or config.train.num_nodes > 1
     )
     return config.train.strategy.startswith("ddp") or (many and config.train.strategy == "auto")

@@ -17,6 +17,10 @@ With a box head that refines from true boxes (`BoxHeadBase.refines_from_true_box
 around the true boxes (`box_jitter_*`), each weighted like the final box; `{stage}/iou_first` is the
 IoU of the first guess, so one run shows what the second look adds.
 
+With `train.balance` on (`carid.training.balance`), "loss" puts class weights counted on the
+training rows into the loss at `setup`, and either mode prints the per-class recall of every val
+and test epoch and writes it to per-class-recall.csv in the run folder.
+
 Optimizer: AdamW / Adam / SGD over `CarNet.parameter_groups`: backbone and heads, each split into
 "decay" and "no_decay" (biases and normalization weights get no weight decay). Discriminative
 learning rates: the heads get `train.lr`, the backbone `train.lr * train.backbone_lr_scale`. Frozen
@@ -46,6 +50,7 @@ from carid.artifacts.checkpoint import CHECKPOINT_KEY, ModelMetadata
 from carid.config import TrainConfig
 from carid.models.losses import CarLoss
 from carid.models.network import CarNet, CarNetOutput
+from carid.training.balance import Balance, ClassRecall, loss_weights, train_labels
 
 STAGES = ("train", "val", "test")
 
@@ -92,6 +97,9 @@ class CarModule(L.LightningModule):
             if self.with_box and _refines(network):
                 metrics[f"{stage}_iou_first"] = torchmetrics.MeanMetric()  # the first guess, before refining
         self.metrics = nn.ModuleDict(metrics)
+        # train.balance: class weights in the loss (set in setup) and per-class recall of val and test
+        self.balance = Balance.from_config(train)
+        self.class_recall = ClassRecall(metadata.class_names) if self.balance.active else None
 
     # --- forward -----------------------------------------------------------------------------------
 
@@ -112,6 +120,9 @@ class CarModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.train_config.channels_last:
             self.network.to(memory_format=torch.channels_last)
+        if stage == "fit" and self.balance.mode == "loss":  # weights from the rows it trains on
+            labels = train_labels(self.trainer.datamodule)
+            self.loss_fn.set_class_weights(loss_weights(labels, self.balance, self.metadata.num_classes))
 
     # --- one step for every stage ---------------------------------------------------------------
 
@@ -195,6 +206,8 @@ class CarModule(L.LightningModule):
             metric = self.metrics[f"{stage}_{name}"]
             metric(logits, labels)
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=batch_size)
+        if self.class_recall is not None:
+            self.class_recall.update(stage, logits, labels)
         if self.with_box and output.box is not None and bool(has_box.any()):
             metric = self.metrics[f"{stage}_iou"]
             metric.update(matched_iou(output.box.detach().float()[has_box], batch["box"].float()[has_box]))
@@ -210,6 +223,14 @@ class CarModule(L.LightningModule):
                 "loss", parts["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False
             )
         return parts["loss"]
+
+    def on_validation_epoch_end(self) -> None:
+        if self.class_recall is not None:
+            self.class_recall.epoch_end(self.trainer, "val", self.current_epoch)
+
+    def on_test_epoch_end(self) -> None:
+        if self.class_recall is not None:
+            self.class_recall.epoch_end(self.trainer, "test", self.current_epoch)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

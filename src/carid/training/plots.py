@@ -1,10 +1,12 @@
-"""Training curves: read a run's metrics.csv (Lightning CSVLogger) and draw loss / accuracy / IoU.
+"""Training curves: read a run's per-epoch metrics and draw loss / accuracy / mAP / IoU.
 
-Lightning writes one CSV row per logging call, so the train and val metrics of one epoch sit on
-different rows and the learning-rate monitor adds rows of its own without an epoch. `epoch_metrics`
-folds them into one record per epoch (the last value logged in that epoch wins); `plot_curves`
-draws three panels from those records with matplotlib's Agg backend (no display needed) and writes
-the PNG atomically.
+`epoch_metrics` reads either file a run holds: results.csv (one row per epoch, epochs counted from
+1, `carid.training.epoch_table`) or Lightning's metrics.csv, which has one CSV row per logging call,
+so the train and val metrics of one epoch sit on different rows and the learning-rate monitor adds
+rows of its own without an epoch; those are folded into one record per epoch (the last value logged
+in that epoch wins). `plot_curves` draws one panel per kind of metric the run logged (a run without
+a box head gets no IoU panel, a classifier no mAP panel) with matplotlib's Agg backend (no display
+needed) and writes the PNG atomically.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from carid.files import write_atomic
 PANELS: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None], ...] = (
     ("Loss", "loss", ("train/loss", "val/loss", "train/cls", "val/cls"), None),
     ("Accuracy", "accuracy", ("train/acc", "val/acc", "val/acc_top5"), (0.0, 1.0)),
+    ("Detection mAP", "AP", ("val/map50", "val/map"), (0.0, 1.0)),
     ("Box IoU", "mean IoU", ("train/iou", "val/iou"), (0.0, 1.0)),
 )
 
@@ -57,31 +60,30 @@ def epoch_metrics(metrics_csv: Path | str) -> list[dict[str, float]]:
 
 
 def plot_curves(metrics_csv: Path | str, out_png: Path | str, title: str | None = None) -> Path | None:
-    """Draw loss, accuracy and IoU per epoch into `out_png`; None when there is nothing to draw."""
+    """Draw the logged panels (loss, accuracy, mAP, IoU) per epoch into `out_png`; None when there is
+    nothing to draw."""
     records = epoch_metrics(metrics_csv)
-    if not records:
+    panels = [panel for panel in PANELS if any(name in record for record in records for name in panel[2])]
+    if not records or not panels:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_png = Path(out_png)
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
-    for axis, (panel_title, ylabel, names, ylim) in zip(axes, PANELS, strict=True):
-        drawn = _draw_panel(axis, records, names)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for axis, (panel_title, ylabel, names, ylim) in zip(axes[0], panels, strict=True):
+        _draw_panel(axis, records, names)
         axis.set_title(panel_title)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(ylabel)
         axis.grid(True, alpha=0.3)
         if ylim is not None:
             axis.set_ylim(*ylim)
-        if drawn:
-            axis.legend(fontsize=8)
-        else:
-            axis.text(
-                0.5, 0.5, "not logged", ha="center", va="center", transform=axis.transAxes, color="grey"
-            )
+        axis.legend(fontsize=8)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

@@ -58,6 +58,7 @@ from carid.config import ConfigError, TrainConfig
 from carid.files import write_atomic
 from carid.models.backbones import Backbone
 from carid.models.network import CarNet
+from carid.training.balance import Balance, sampling_options
 from carid.training.datamodule import CarDataModule
 from carid.training.features import augmented_loader, samples_fingerprint
 from carid.training.module import CarModule
@@ -335,6 +336,7 @@ def _enlarged(datamodule: CarDataModule, pixels: int) -> CarDataModule:
         augment=datamodule.augment,
         train=datamodule.train_config,
         decode_min_side=datamodule.decode_min_side,
+        swap_rb=datamodule.swap_rb,
     )
     larger.positions = {name: list(positions) for name, positions in datamodule.positions.items()}
     return larger
@@ -478,7 +480,7 @@ class StageDataset(Dataset):
 
 class StageDataModule(L.LightningDataModule):
     """Train/val loaders over cached activations; the train loader is shuffled with a seeded generator
-    and its rows augmented by `augment`."""
+    (or draws class-balanced rows, `balance` mode "sampler") and its rows augmented by `augment`."""
 
     def __init__(
         self,
@@ -486,6 +488,7 @@ class StageDataModule(L.LightningDataModule):
         batch_size: int,
         augment: MapAugment | None = None,
         seed: int = 0,
+        balance: Balance | None = None,
     ) -> None:
         super().__init__()
         if "train" not in cached:
@@ -494,16 +497,15 @@ class StageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.augment = augment
         self.seed = seed
+        self.balance = balance
 
     def train_dataloader(self) -> DataLoader:
         dataset = StageDataset(self.cached["train"], self.augment, self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
             drop_last=len(dataset) > self.batch_size,
+            **sampling_options(self.cached["train"]["label"], self.balance, self.seed),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -581,5 +583,6 @@ def build_stage_training(
     )
     augment = MapAugment(hflip=train.cache_map_hflip, crop=train.cache_map_crop)
     stage_module = StageCacheModule(network, train, module.metadata, split)
-    data = StageDataModule(cached, batch_size=train.batch_size, augment=augment, seed=train.seed)
+    balance = Balance.from_config(train)
+    data = StageDataModule(cached, train.batch_size, augment=augment, seed=train.seed, balance=balance)
     return stage_module, data, info
