@@ -448,6 +448,7 @@ def export_bundle(
     optimize: bool = True,
     say: Callable[[str], None] | None = None,
     enrol_images: int = DEFAULT_SPACE_IMAGES,
+    finish: Callable[[Path, BundleMetadata], BundleMetadata] | None = None,
 ) -> ExportResult:
     """Export a run folder or a .ckpt to a bundle folder; see the module docstring.
 
@@ -457,6 +458,8 @@ def export_bundle(
     say: called with a line of progress at each step (the CLI prints them).
     enrol_images: training photos of the run's split that fit the embedding space new classes are
     enrolled in (`carid.enroll.prepare`; 0 skips it: the bundle then cannot take new classes).
+    finish: called with the staging folder and the metadata once the parity check passed; returns the
+    metadata to write (`carid.export_quantize` swaps in an int8 graph there).
     Raises ExportError for unusable inputs and ParityError when the check fails.
     """
     started = time.perf_counter()
@@ -526,6 +529,7 @@ def export_bundle(
             created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             parity=report.to_dict() if report is not None else {"skipped": True, "passed": None},
         )
+        metadata = metadata if finish is None else finish(staging, metadata)
         write_metadata(staging, metadata)
         _prepare_enrolment(staging, run_dir, enrol_images, tell)
         Bundle.load(staging)  # what readers will see: validate before moving into place

@@ -82,3 +82,45 @@ def test_predict_shows_names_as_text_and_writes_every_row(tmp_path: Path, monkey
     rows = {row["path"]: row for row in csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8"))}
     assert set(rows) == {str(good), str(photos / UNDECODABLE_SHOWN), str(pipe)}
     assert "not a regular file" in rows[str(pipe)]["error"]
+
+
+def test_predict_engine_ray_passes_its_options_and_names_what_is_missing(tmp_path: Path, monkeypatch) -> None:
+    from carid.scale import ray_engine
+    from carid.scale.writer import ShardRecord
+
+    calls: list[dict] = []
+
+    def fake_run(model, paths, out, on_shard=None, **options):
+        calls.append({"model": model, "paths": paths, "out": out, **options})
+        record = ShardRecord("shard-00000", "shard-00000.csv", 3, 3, 1)
+        on_shard(record, 1, 1)
+        return SimpleNamespace(
+            photos=3, failed=1, seconds=1.5, workers=2, resumed=(), out=out, manifest=out / "manifest.json"
+        )
+
+    monkeypatch.setattr(ray_engine, "run_ray_predict", fake_run)
+    options = ["--engine", "ray", "--address", "auto", "--workers", "2", "--shard-size", "64", "--top-k", "3"]
+    result = runner.invoke(app, ["predict", "b", "photos/", *options, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        {
+            "model": Path("b"),
+            "paths": ["photos/"],
+            "out": tmp_path / "o",
+            "backend": "auto",
+            "workers": 2,
+            "top_k": 3,
+            "address": "auto",
+            "shard_size": 64,
+        }
+    ]
+    assert "2 of 3 photos predicted in 1.50 s with 2 Ray worker(s)" in result.output
+    assert "shard-00000.csv: 3 photos (1 of 1 shards)" in result.output
+    for extra, message in (
+        ([], "--engine ray needs --out DIR"),
+        (["--out", "o", "--annotate", "a"], "--annotate works with --engine local only"),
+    ):
+        result = runner.invoke(app, ["predict", "b", "p", "--engine", "ray", *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = runner.invoke(app, ["predict", "b", "p", "--engine", "spark", "--out", "o"])
+    assert result.exit_code == 2 and "--engine spark: expected local or ray" in result.output

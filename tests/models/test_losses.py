@@ -79,3 +79,18 @@ def test_from_config_takes_the_train_settings():
     assert (loss.label_smoothing, loss.box_weight, loss.l1_weight, loss.giou_weight) == (0.2, 3.0, 4.0, 0.5)
     with pytest.raises(ValueError, match="label_smoothing"):
         CarLoss(label_smoothing=1.0)
+
+
+def test_class_weights_weight_the_training_cross_entropy_only():
+    loss = CarLoss(class_weights=torch.tensor([1.0, 1.0, 3.0]))
+    nll = [
+        math.log(sum(math.exp(v) for v in row)) - row[label]
+        for row, label in zip(LOGITS.tolist(), LABELS.tolist(), strict=True)
+    ]
+    assert loss.training
+    assert loss(LOGITS, None, LABELS)["cls"].item() == pytest.approx((nll[0] + 3 * nll[1]) / 4, rel=1e-6)
+    loss.eval()  # validation and test: unweighted, comparable with an unbalanced run
+    assert loss(LOGITS, None, LABELS)["cls"].item() == pytest.approx(sum(nll) / 2, rel=1e-6)
+    assert "class_weights" not in loss.state_dict()  # checkpoints are unchanged
+    with pytest.raises(ValueError, match="class_weights"):
+        loss.set_class_weights(torch.tensor([1.0, -1.0, 1.0]))

@@ -156,6 +156,7 @@ class BundleMetadata:
             "source_checkpoint": self.source_checkpoint,
             "parity_passed": None if self.parity is None else self.parity.get("passed"),
             "can_enrol": self.enrolment is not None,
+            "precision": str((self.extra.get("quantization") or {}).get("precision", "fp32")),
         }
 
     @classmethod

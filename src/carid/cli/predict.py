@@ -8,7 +8,7 @@ each command.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -95,7 +95,9 @@ def predict(
         ),
     ],
     top_k: Annotated[int | None, typer.Option(min=1, help="Classes listed per photo (default 5).")] = None,
-    out: Annotated[Path | None, out_option("Write the predictions to a .csv or .json file.")] = None,
+    out: Annotated[
+        Path | None, out_option("Write the predictions to a .csv or .json file (--engine ray: a folder).")
+    ] = None,
     annotate: Annotated[
         Path | None, typer.Option(help="Folder for copies of the photos with the box and label drawn.")
     ] = None,
@@ -103,11 +105,43 @@ def predict(
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
     threads: ThreadsOption = None,
     tta: TtaOption = None,
+    engine: Annotated[
+        str, typer.Option(help="local (this process), or ray (shards on a Ray cluster; docs/scale.md).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--engine ray: the cluster, auto or HOST:PORT (default: Ray on this machine)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="--engine ray: actors, one model each (default: CPUs/threads).")
+    ] = None,
+    shard_size: Annotated[
+        int | None, typer.Option(min=1, help="--engine ray: photos per shard file (default 256).")
+    ] = None,
+    shard_format: Annotated[
+        str | None, typer.Option(help="--engine ray: csv (default) or parquet shard files.")
+    ] = None,
 ) -> None:
-    """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint."""
+    """Identify the car in photos with an exported bundle (no torch needed) or a checkpoint.
+
+    With --engine ray, --out is a folder of shard files; a rerun skips the shards already written.
+    """
     from carid.runtime.annotate import print_predictions
     from carid.runtime.predict_io import partial_path, run_predict
 
+    if engine != "local":
+        _predict_on_ray(
+            model,
+            paths,
+            engine,
+            out,
+            annotate,
+            backend=backend,
+            workers=workers,
+            **given(top_k=top_k, batch_size=batch_size, tta=tta, threads=threads, address=address),
+            **given(shard_size=shard_size, shard_format=shard_format),
+        )
+        return
     try:
         result = run_predict(
             model,
@@ -132,6 +166,32 @@ def predict(
     if annotate is not None:
         say(f"annotated: {len(result.annotated)} photos in {annotate}")
     raise typer.Exit(1 if total and result.num_failed == total else 0)
+
+
+def _predict_on_ray(
+    model: Path, paths: list[str], engine: str, out: Path | None, annotate: Path | None, **options: Any
+) -> None:
+    """`carid predict --engine ray`: shards on a Ray cluster (carid.scale.ray_engine)."""
+    if engine != "ray":
+        raise CaridError(f"--engine {engine}: expected local or ray")
+    if out is None:
+        raise CaridError("--engine ray needs --out DIR, the folder for the shard files")
+    if annotate is not None:
+        raise CaridError("--annotate works with --engine local only")
+    from carid.scale.ray_engine import run_ray_predict
+
+    def progress(record: Any, done: int, total: int) -> None:
+        line = f"{record.file}: {record.photos} photos ({done} of {total} shards)"
+        err_console.print(line, highlight=False, markup=False)
+
+    run = run_ray_predict(model, paths, out, on_shard=progress, **options)
+    resumed = f", {len(run.resumed)} shard(s) kept from an earlier run" if run.resumed else ""
+    how = f"with {run.workers} Ray worker(s)" if run.workers else "(every shard was already written)"
+    say(f"{run.photos - run.failed} of {run.photos} photos predicted in {run.seconds:.2f} s {how}{resumed}")
+    if run.failed:
+        err_console.print(f"[yellow]{run.failed} photo(s) could not be used[/] (see the error column)")
+    say(f"shards: {run.out} (manifest: {run.manifest.name})")
+    raise typer.Exit(1 if run.failed == run.photos else 0)
 
 
 def serve(

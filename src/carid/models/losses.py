@@ -4,6 +4,10 @@
 
 The box terms use only the samples that have a box (`has_box`), so datasets that mix boxed and
 unboxed photos train both heads in one batch; when no sample in the batch has a box they are 0.
+
+Class weights (`train.balance: loss`, computed by `carid.training.balance`) weight the
+cross-entropy per true class (torch's `weight`: the mean is over the summed weights of the batch).
+They apply in training mode only, so val/loss and test/loss stay those of an unweighted run.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class CarLoss(nn.Module):
     box_weight: weight of the whole box term; l1_weight / giou_weight: weights inside it.
     box_l1 is the mean absolute error per coordinate (normalized units) over boxed samples;
     box_giou is the mean of 1 - GIoU over boxed samples.
+    class_weights: float [C] cross-entropy weight per class (training mode only), or None.
     """
 
     def __init__(
@@ -31,6 +36,7 @@ class CarLoss(nn.Module):
         box_weight: float = 1.0,
         l1_weight: float = 1.0,
         giou_weight: float = 1.0,
+        class_weights: torch.Tensor | None = None,
     ):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
@@ -39,6 +45,15 @@ class CarLoss(nn.Module):
         self.box_weight = box_weight
         self.l1_weight = l1_weight
         self.giou_weight = giou_weight
+        # not persistent: a checkpoint stays loadable by a loss built without weights
+        self.register_buffer("class_weights", None, persistent=False)
+        self.set_class_weights(class_weights)
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Weight the training cross-entropy per class (float [C]), or stop weighting (None)."""
+        if weights is not None and (weights.ndim != 1 or bool((weights < 0).any())):
+            raise ValueError(f"class_weights must be a 1-D tensor of weights >= 0, got {weights}")
+        self.class_weights = None if weights is None else weights.detach().float()
 
     @classmethod
     def from_config(cls, train: TrainConfig) -> CarLoss:
@@ -63,7 +78,10 @@ class CarLoss(nn.Module):
 
         The argument order lets a CarNetOutput be unpacked: `loss(*net(images), labels, boxes, has_box)`.
         """
-        cls_loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        weight = self.class_weights if self.training else None
+        if weight is not None:
+            weight = weight.to(device=logits.device, dtype=logits.dtype)
+        cls_loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=self.label_smoothing)
         if target_boxes is not None and pred_boxes is None:
             raise ValueError("target boxes were given but the network has no box head (pred_boxes is None)")
         # Zero box terms keep the box head in the graph (distributed training wants every parameter used).
