@@ -11,6 +11,7 @@ one roadside frame takes end to end.
    wall time, and the median detector share (detection + cropping), identifier share and decode.
 
     .venv/bin/python benchmarks/bench_pipeline.py PIPELINE --threads 2 --repeats 30
+    .venv/bin/python benchmarks/bench_pipeline.py PIPELINE --no-devkit --spin  # threads that spin
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from carid import __version__
 from carid.boxes import iou
 from carid.data.readers import read_dataset
+from carid.runtime.backends import OnnxBackend
 from carid.runtime.predictor import Predictor
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -48,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=DEFAULT_LOG)
+    parser.add_argument(
+        "--spin",
+        action="store_true",
+        help="let ONNX Runtime's idle threads spin (its own default; carid turns it off) to compare",
+    )
+    parser.add_argument("--no-devkit", action="store_true", help="time the frame only")
     return parser.parse_args(argv)
 
 
@@ -116,6 +124,8 @@ def frame_speed(predictor: Predictor, frames: Path, name: str, repeats: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.spin:  # every session this process opens spins, as ONNX Runtime does by default
+        OnnxBackend.__init__.__kwdefaults__["spin"] = True
     predictor = Predictor.load(args.pipeline, threads=args.threads)
     result: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),
@@ -124,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "carid": __version__,
         "pipeline": str(args.pipeline),
         "threads": args.threads,
+        "spinning_threads": args.spin,
     }
-    if args.devkit.is_dir():
+    if args.devkit.is_dir() and not args.no_devkit:
         result["devkit"] = devkit_photos(predictor, args.devkit)
         for row in result["devkit"]["rows"]:
             print(

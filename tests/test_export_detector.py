@@ -295,3 +295,28 @@ def test_a_checkpoint_that_is_not_a_detector_is_named(tmp_path: Path) -> None:
     torch.save(checkpoint, path)
     with pytest.raises(ValueError, match="not a detector checkpoint"):
         Detector.from_checkpoint(path)
+
+
+def test_export_at_another_input_size_and_threshold(detector_run: Path, tmp_path: Path) -> None:
+    """`carid export --input-size 96x64 --score-threshold 0.4`: the bundle letterboxes into 96x64, keeps
+    the training size in extra, stores the threshold, passes its parity check at that size and finds
+    what the PyTorch network finds on the same smaller input."""
+    result = CliRunner().invoke(
+        app,
+        ["export", str(detector_run), "--out", str(tmp_path / "small"), "--input-size", "96x64",
+         "--score-threshold", "0.4", "--parity-images", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bundle = Detector.load(tmp_path / "small")
+    assert bundle.metadata.input_size == (96, 64) and bundle.metadata.score_threshold == 0.4
+    assert bundle.metadata.extra["trained_input_size"] == [128, 96]
+    assert bundle.metadata.parity["passed"] is True
+    for size, problem in (("100x64", "multiples of 32"), ("96", "look like 512x320")):
+        bad = CliRunner().invoke(
+            app, ["export", str(detector_run), "--out", str(tmp_path / size), "--input-size", size]
+        )
+        assert bad.exit_code == 2 and problem in bad.output, bad.output
+    bad = CliRunner().invoke(
+        app, ["export", str(detector_run), "--out", str(tmp_path / "t"), "--score-threshold", "1.5"]
+    )
+    assert bad.exit_code == 2 and "between 0 and 1" in bad.output

@@ -45,7 +45,13 @@ import torch
 from torch import nn
 
 from carid.artifacts.bundle import INPUT_NAME, MODEL_FILE
-from carid.artifacts.detector import BOXES, SCORES, DetectorBundle, write_detector_metadata
+from carid.artifacts.detector import (
+    BOXES,
+    SCORES,
+    DetectorBundle,
+    DetectorMetadata,
+    write_detector_metadata,
+)
 from carid.artifacts.run_dir import ModelPathError, locate
 from carid.boxes import clip, iou
 from carid.export import (
@@ -387,6 +393,28 @@ def is_detector_source(source: Path | str) -> bool:
         return False
 
 
+def _with_operating_choices(
+    metadata: DetectorMetadata, input_size: tuple[int, int] | None, score_threshold: float | None
+) -> DetectorMetadata:
+    """The metadata with the export's own input size and operating threshold, when given."""
+    if score_threshold is not None:
+        if not 0.0 < score_threshold < 1.0:
+            raise ExportError(f"--score-threshold must be between 0 and 1, got {score_threshold}")
+        metadata = replace(metadata, score_threshold=float(score_threshold))
+    if input_size is not None:
+        width, height = (int(side) for side in input_size)
+        if width < 32 or height < 32 or width % 32 or height % 32:
+            raise ExportError(
+                f"--input-size must be two multiples of 32 (WIDTHxHEIGHT), got {width}x{height}"
+            )
+        trained = metadata.input_size
+        preprocess = {**metadata.preprocess, "image_size": [height, width]}
+        metadata = replace(
+            metadata, preprocess=preprocess, extra={**metadata.extra, "trained_input_size": trained}
+        )
+    return metadata
+
+
 def export_detector_bundle(
     source: Path | str,
     out: Path | str | None = None,
@@ -396,13 +424,18 @@ def export_detector_bundle(
     overwrite: bool = False,
     optimize: bool = True,
     say: Callable[[str], None] | None = None,
+    input_size: tuple[int, int] | None = None,
+    score_threshold: float | None = None,
 ) -> DetectorExportResult:
     """Export a detector run folder or checkpoint to a detector bundle; see the module docstring.
 
     out: the bundle folder (default RUN/export, as `carid.export.default_bundle_dir`).
     parity_images: photos for the parity check (0 skips it, recorded in model.json); parity_data:
     a folder of photos for it instead of the run's split. overwrite: replace an existing bundle.
-    say: called with a line of progress at each step. Raises ExportError for unusable inputs and
+    say: called with a line of progress at each step. input_size: (width, height) of the exported
+    network input instead of the training size (the network is fully convolutional: a smaller input is
+    faster and sees cars smaller; both multiples of 32). score_threshold: the operating threshold
+    stored in the bundle instead of the training config's. Raises ExportError for unusable inputs and
     DetectorParityError when the check fails.
     """
     started = time.perf_counter()
@@ -424,6 +457,7 @@ def export_detector_bundle(
     except ValueError as exc:
         raise ExportError(str(exc)) from None
     base = replace(torch_backend.metadata, source_checkpoint=str(checkpoint.resolve()))
+    base = _with_operating_choices(base, input_size, score_threshold)
     spec = base.preprocess_spec()
     settings = PostProcess.of(base)
     sha256 = file_sha256(checkpoint)
@@ -465,7 +499,7 @@ def export_detector_bundle(
             source_sha256=sha256,
             created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             parity=report.to_dict() if report is not None else {"skipped": True, "passed": None},
-            extra={"run_name": run_dir.name} if run_dir is not None else {},
+            extra={**base.extra, **({"run_name": run_dir.name} if run_dir is not None else {})},
         )
         write_detector_metadata(staging, metadata)
         DetectorBundle.load(staging)  # what readers will see: validate before moving into place

@@ -248,3 +248,17 @@ def test_a_real_photo_file_decoded_to_an_array_is_detected(fake_bundle: Path, tm
     Image.fromarray(photo(96, 64, 40)).save(path)
     found = Detector.load(fake_bundle).detect(np.asarray(Image.open(path).convert("RGB")))
     assert iou([found[0].box], [[20, 10, 40, 30]])[0, 0] == pytest.approx(1.0)
+
+
+def test_sessions_do_not_spin_between_runs(fake_bundle: Path) -> None:
+    """A pipeline runs its detector and identifier sessions in turn on the same cores: idle worker
+    threads must not spin (ONNX Runtime's default) and starve the other session."""
+    from carid.runtime.backends import OnnxBackend
+
+    detector = Detector.load(fake_bundle, threads=2)
+    options = detector.backend.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+    spinning = OnnxBackend(fake_bundle / MODEL_FILE, spin=True).session.get_session_options()
+    with pytest.raises(Exception, match="allow_spinning"):  # not set: ONNX Runtime's default (spin)
+        spinning.get_session_config_entry("session.intra_op.allow_spinning")

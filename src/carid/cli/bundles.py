@@ -49,24 +49,100 @@ def export(
             "take new classes).",
         ),
     ] = 1000,
+    input_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Detectors: the exported input WIDTHxHEIGHT (multiples of 32) instead of the training "
+            "size; smaller is faster and sees cars smaller.",
+            show_default=False,
+        ),
+    ] = None,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(help="Detectors: the operating threshold stored in the bundle.", show_default=False),
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="int8: ONNX Runtime static quantization, calibrated on the run's training photos and "
+            "checked against the fp32 graph. SOURCE may also be an fp32 bundle (default out: "
+            "BUNDLE-int8).",
+            show_default=False,
+        ),
+    ] = None,
+    max_top1_drop: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=100.0,
+            help="With --quantize: refuse when the top-1 class changes on more than this many percent of "
+            "the check photos (default: the config's export.quantize_max_top1_drop, 1).",
+            show_default=False,
+        ),
+    ] = None,
+    calibration_images: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --quantize: training photos to calibrate on (default: the config's "
+            "export.quantize_calibration_images, 200).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Export a trained model to a bundle (model.onnx + model.json), parity-checked against PyTorch;
-    a `task: detect` run gives a detector bundle."""
-    from carid.export import ParityError, export_bundle
+    a `task: detect` run gives a detector bundle; --quantize int8 an int8 bundle."""
+    from carid.export import ExportError, ParityError, export_bundle
     from carid.export_detector import export_detector_bundle, is_detector_source
+    from carid.export_quantize import QuantizationError, export_quantized_bundle, is_bundle, quantize_bundle
 
     options = given(parity_images=parity_images, parity_data=parity_data, opset=opset)
+    int8 = given(max_top1_drop=max_top1_drop, calibration_images=calibration_images)
     try:
-        if is_detector_source(source):  # a `task: detect` run: a detector bundle (no enrolment space)
-            result = export_detector_bundle(source, out=out, overwrite=force, say=say, **options)
+        if quantize is not None and is_bundle(source):  # an fp32 bundle -> its int8 copy
+            result = quantize_bundle(source, out=out, precision=quantize, overwrite=force, say=say, **int8)
+        elif quantize is not None:
+            result = export_quantized_bundle(
+                source,
+                quantize,
+                out=out,
+                overwrite=force,
+                say=say,
+                enrol_images=enrol_images,
+                **int8,
+                **options,
+            )
+        elif is_detector_source(source):  # a `task: detect` run: a detector bundle (no enrolment space)
+            size = None if input_size is None else parse_size(input_size)
+            result = export_detector_bundle(
+                source,
+                out=out,
+                overwrite=force,
+                say=say,
+                input_size=size,
+                score_threshold=score_threshold,
+                **options,
+            )
+        elif input_size is not None or score_threshold is not None:
+            raise ExportError(f"{source}: --input-size and --score-threshold apply to detector runs only")
         else:
             result = export_bundle(
                 source, out=out, overwrite=force, say=say, enrol_images=enrol_images, **options
             )
-    except ParityError as exc:  # the model exported but disagrees with PyTorch: exit 1, not 2
+    except (ParityError, QuantizationError) as exc:  # exported, but failed its check: exit 1, not 2
         print_error(str(exc), exc.hint)
         raise typer.Exit(1) from None
     say(f"bundle: {result.bundle.path} ({result.seconds:.1f} s)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "512x320" -> (512, 320); ExportError naming the option otherwise."""
+    from carid.export import ExportError
+
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise ExportError(f"--input-size must look like 512x320 (WIDTHxHEIGHT), got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def ensemble(

@@ -68,12 +68,20 @@ class OnnxBackend:
         input_name: str = INPUT_NAME,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        *,
+        spin: bool = False,
     ) -> None:
+        """spin: let idle ONNX Runtime worker threads spin-wait for the next run (its default). Off
+        here: a pipeline (detector, then identifier) or an ensemble runs several sessions in turn on
+        the same cores, and one session's spinning threads starve the next; on 2 cores a 3-car frame
+        through a pipeline took about half the time with spinning off (benchmarks/RESULTS.md)."""
         import onnxruntime
 
         self.model_path = Path(model_path)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
