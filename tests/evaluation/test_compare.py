@@ -117,6 +117,8 @@ def test_a_run_without_summary_or_checkpoint_is_compared_with_notes(tmp_path: Pa
     summary = summarize_run(run, metric="val/acc")
     assert (summary.backbone, summary.image_size, summary.lr) == ("resnet18", 64, 0.01)
     assert summary.best_metric == 0.5 and summary.best_epoch == 1
+    shown = compare_runs([run], metric="val/acc").rows()
+    assert any("(ep 2)" in cell for row in shown for cell in row), shown  # counted from 1, as training prints
     assert summary.epochs_completed == 2 and summary.parameters is None
     assert any("summary.json" in note for note in summary.notes)
     assert any("no checkpoint" in note for note in summary.notes)

@@ -100,8 +100,9 @@ def expand_run_dirs(paths: Iterable[Path | str]) -> list[Path]:
 class RunSummary:
     """What one run folder says (None: the run does not record it).
 
-    best_metric / best_epoch: the best value of the compared metric and its epoch (0-based; None
-    for test metrics). final: the last epoch's FINAL_METRICS. test: summary.json's test metrics.
+    best_metric / best_epoch: the best value of the compared metric and its epoch (0-based here; the
+    table shows it counted from 1, as the training console does; None for test metrics). final: the
+    last epoch's FINAL_METRICS. test: summary.json's test metrics.
     evaluation: top1 / top5 / macro_f1 / ece of `<run>/evaluation/test/evaluation.json`.
     curves: one record per epoch (`epoch_metrics`), for the plots.
     """
@@ -383,7 +384,7 @@ class ComparisonResult:
                 "classes": _fmt(run.num_classes),
                 "params": _fmt(run.parameters, "int"),
                 f"best {self.metric}": _fmt(run.best_metric)
-                + (f" (ep {run.best_epoch})" if run.best_epoch is not None else ""),
+                + (f" (ep {run.best_epoch + 1})" if run.best_epoch is not None else ""),  # counted from 1
                 "train loss": _fmt(run.final.get("train/loss")),
                 "train acc": _fmt(run.final.get("train/acc")),
                 "val loss": _fmt(run.final.get("val/loss")),

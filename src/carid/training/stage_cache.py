@@ -59,6 +59,7 @@ from carid.files import write_atomic
 from carid.models.backbones import Backbone
 from carid.models.network import CarNet
 from carid.training.balance import Balance, sampling_options
+from carid.training.console import tracked
 from carid.training.datamodule import CarDataModule
 from carid.training.features import augmented_loader, samples_fingerprint
 from carid.training.module import CarModule
@@ -303,10 +304,8 @@ def extract_activations(
         backbone.to(memory_format=torch.channels_last)
     collected: dict[str, list[Tensor]] = {name: [] for name in (ACTIVATION, *FIELDS)}
     batches: Any = loader
-    if progress:
-        from rich.progress import track
-
-        batches = track(loader, description=description, total=len(loader), transient=True)
+    if progress:  # a bar on a terminal, plain lines in a log file
+        batches = tracked(loader, total=len(loader), description=description)
     front: Callable[[Tensor], Tensor] | None = None
     try:
         with torch.inference_mode():
