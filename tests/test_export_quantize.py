@@ -25,6 +25,7 @@ from carid.data.split import load_split
 from carid.export import ExportError, ExportResult
 from carid.export_quantize import (
     QUANTIZATION_KEY,
+    PrecisionCheck,
     QuantizationError,
     QuantizeOptions,
     compare_graphs,
@@ -37,17 +38,21 @@ from carid.serve.api import create_app
 from tests.test_export import tiny_bundle, tiny_run  # noqa: F401  (the session-scoped fixtures)
 
 
-class ShiftedTop1:
-    """Another backend's outputs with the first photo's logits rolled by one class (its top-1 changes)."""
+class ForcedAnswers:
+    """Another backend's outputs, except that every photo's top-1 is its label (shift 0) or the next
+    class (shift 1: always wrong); `labels` in the order the photos are run."""
 
-    def __init__(self, inner: OnnxBackend) -> None:
-        self.inner, self.name, self.output_names, self.calls = inner, "shifted", inner.output_names, 0
+    def __init__(self, inner: OnnxBackend, labels: list[int], shift: int) -> None:
+        self.inner, self.name, self.output_names = inner, "forced", inner.output_names
+        self.labels, self.shift = labels, shift
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outputs = {name: value.copy() for name, value in self.inner.run(batch).items()}
-        if self.calls == 0:
-            outputs["logits"][0] = np.roll(outputs["logits"][0], 1)
-        self.calls += 1
+        logits = outputs["logits"]
+        for row, label in zip(range(len(batch)), self.labels, strict=False):
+            logits[row] = 0.0
+            logits[row, (label + self.shift) % logits.shape[1]] = 10.0
+        self.labels = self.labels[len(batch) :]
         return outputs
 
 
@@ -85,7 +90,7 @@ def test_an_int8_copy_of_a_bundle_predicts_and_serves_unchanged(tiny_bundle: Pat
     assert check["max_box_diff_px"] is not None and check["embedding_cosine_mean"] is not None
     assert check["accuracy_fp32"] is not None and check["num_labelled"] == check["num_images"]
     assert int8.parity == fp32.parity  # the fp32 graph's parity with PyTorch
-    assert any(line.startswith("int8 check: top-1 agrees with fp32") for line in lines)
+    assert any(line.startswith("int8 check: top-1 accuracy on") for line in lines)
 
     photos = _photos(tiny_bundle)[:3]
     predictor = Predictor.load(out)
@@ -113,15 +118,18 @@ def test_an_int8_export_that_changes_too_many_answers_is_refused(
 ) -> None:
     real = export_quantize.compare_graphs
 
-    def one_answer_changed(fp32, int8, *args, **kwargs):  # the int8 graph names another class for photo 0
-        return real(fp32, ShiftedTop1(int8), *args, **kwargs)
+    def every_answer_lost(fp32, int8, photos, spec, class_names, *args):  # fp32 all right, int8 all wrong
+        labels = [list(class_names).index(label) for _, label in photos]
+        right, wrong = ForcedAnswers(fp32, labels, 0), ForcedAnswers(int8, labels, 1)
+        return real(right, wrong, photos, spec, class_names, *args)
 
-    monkeypatch.setattr(export_quantize, "compare_graphs", one_answer_changed)
+    monkeypatch.setattr(export_quantize, "compare_graphs", every_answer_lost)
     out = tmp_path / "int8"
     with pytest.raises(QuantizationError) as failure:
         quantize_bundle(tiny_bundle, out, max_top1_drop=10.0, calibration_images=4, check_images=4)
     check = failure.value.check
-    assert not check.passed and check.agreement_loss_points == pytest.approx(100.0 / check.num_images)
+    assert (check.accuracy_fp32, check.accuracy_int8) == (1.0, 0.0) and check.num_labelled == check.num_images
+    assert check.top1_drop_points == pytest.approx(100.0) and check.top1_agreement == 0.0 and not check.passed
     assert check.num_images <= 4 and check.worst_image
     message = str(failure.value)
     assert "MORE than the tolerance of 10" in message and "points lost" in message
@@ -141,6 +149,27 @@ def test_compare_graphs_of_a_graph_with_itself(tiny_bundle: Path) -> None:  # no
     assert check.embedding_cosine_min == pytest.approx(1.0)
     assert check.accuracy_fp32 == check.accuracy_int8
     assert json.loads(json.dumps(check.to_dict()))["top1_agreement_loss_points"] == 0.0
+
+
+def test_the_tolerance_is_on_accuracy_lost_and_on_agreement_only_without_labels() -> None:
+    """int8 may change many answers while the accuracy holds: with labels, accuracy decides."""
+    figures = {
+        "data": "val", "num_images": 200, "top1_agreement": 0.84, "max_probability_diff": 0.3,
+        "mean_probability_diff": 0.01, "max_box_diff_px": None, "embedding_cosine_min": 0.8,
+        "embedding_cosine_mean": 0.95, "num_labelled": 200, "seconds_fp32": 2.0, "seconds_int8": 1.0,
+        "tolerance_points": 1.0, "worst_image": "a.jpg",
+    }  # fmt: skip
+    held = PrecisionCheck(**figures, accuracy_fp32=0.690, accuracy_int8=0.685)
+    assert held.top1_drop_points == pytest.approx(0.5) and held.passed
+    assert "0.5 points lost, within the tolerance of 1" in held.describe()
+    assert "top-1 agrees with fp32 on 84.0 %" in held.describe()
+    assert held.to_dict()["judged_on"] == "accuracy"
+    lost = PrecisionCheck(**figures, accuracy_fp32=0.690, accuracy_int8=0.645)
+    assert lost.top1_drop_points == pytest.approx(4.5) and not lost.passed
+    assert "MORE than the tolerance of 1" in lost.describe()
+    unlabelled = PrecisionCheck(**{**figures, "num_labelled": 0}, accuracy_fp32=None, accuracy_int8=None)
+    assert unlabelled.top1_drop_points == pytest.approx(16.0) and not unlabelled.passed
+    assert "no labelled photos" in unlabelled.describe() and unlabelled.to_dict()["judged_on"] == "agreement"
 
 
 def test_the_tolerance_comes_from_the_run_config_unless_given(tmp_path: Path) -> None:
