@@ -11,7 +11,8 @@ STAMP := $(VENV)/.carid-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[all,dev]"
+	# --no-compile: no byte-compiling every file of torch, ray & co. at install (imports compile what they use)
+	$(BIN)/pip install --no-compile -e ".[all,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)
