@@ -11,8 +11,7 @@ STAMP := $(VENV)/.carid-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	# --no-compile: no byte-compiling every file of torch, ray & co. at install (imports compile what they use)
-	$(BIN)/pip install --no-compile -e ".[all,dev]"
+	$(BIN)/pip install -e ".[all,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)
