@@ -291,6 +291,8 @@ class TrainConfig:
     cache_map_hflip, cache_map_crop, cache_frozen_norm: stage cache only: probability of mirroring a
         cached map per training sample; cache the train images this many map cells larger and read a
         random window of the normal size; BatchNorm of the trained stages on its running statistics.
+    ema_decay: keep an exponential moving average of the weights (Lightning's EMAWeightAveraging,
+        updated every step; validation, checkpoints and the test use it); 0 = off, e.g. 0.998.
     test_after_fit: evaluate the best checkpoint on the test split when training ends (test/acc, ...).
     fit_on_val: final refit: the val images join the training images (split.csv still marks them
         val) and no validation runs, so best.ckpt is the last epoch; for a recipe whose epochs were
@@ -338,6 +340,7 @@ class TrainConfig:
     channels_last: bool = True
     tensorboard: bool = False
     lr_find: bool = False
+    ema_decay: float = 0.0
     test_after_fit: bool = True
     fit_on_val: bool = False
     balance: Literal["none", "sampler", "loss"] = "none"

@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import (
     BaseFinetuning,
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
     RichProgressBar,
@@ -42,10 +43,10 @@ from lightning.pytorch.callbacks import (
 from torch import nn
 from torch.optim import Optimizer
 
-from carid.config import Config, UnfreezeStep
+from carid.config import Config, ConfigError, UnfreezeStep
 from carid.training.console import is_terminal
 from carid.training.epoch_table import EpochTable
-from carid.training.run_setup import BEST, CHECKPOINT_DIR
+from carid.training.run_setup import BEST, CHECKPOINT_DIR, LAST
 
 ALL = "none"  # `freeze` value meaning: nothing frozen
 BACKBONE = "backbone"  # `freeze` value meaning: the whole backbone frozen
@@ -131,12 +132,37 @@ class StagedUnfreezing(BaseFinetuning):
         self.current = None  # re-applied from the schedule at the next epoch start
 
 
+class LatestCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt after every epoch and once more when training ends.
+
+    Lightning's `save_last=True` only copies the checkpoints its monitor keeps, so after an epoch
+    that did not improve, last.ckpt was an older epoch and a resumed run repeated epochs. The save
+    at the end records the finished loop (every planned epoch completed), as `save_last` does.
+    """
+
+    def __init__(self, dirpath: Path) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=LAST,
+            monitor=None,
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not trainer.sanity_checking and trainer.global_step > 0:
+            trainer.save_checkpoint(Path(self.dirpath) / f"{LAST}.ckpt")
+
+
 def build_callbacks(
     config: Config, run_dir: Path, monitor: str | None, progress: bool
 ) -> tuple[ModelCheckpoint, list[Callback]]:
     """Checkpointing (best by `monitor`, the latest epoch when None, + last), LR monitor, the epoch
     table (printed when `progress`; results.csv always), the progress bar (on a terminal only: in a
-    file a live bar prints nothing until it ends), early stopping, unfreezing."""
+    file a live bar prints nothing until it ends), early stopping, the weights' moving average,
+    unfreezing."""
     mode = "min" if monitor is None else monitor_mode(monitor)
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
@@ -144,17 +170,23 @@ def build_callbacks(
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
+        save_last=monitor is None,  # a copy of the checkpoint it saves, which is then every epoch's
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
     callbacks: list[Callback] = [checkpointing, LearningRateMonitor(logging_interval="epoch")]
+    if monitor is not None:  # save_last only copies the best checkpoint: resuming needs every epoch's
+        callbacks.append(LatestCheckpoint(run_dir / CHECKPOINT_DIR))
     callbacks.append(EpochTable(run_dir, monitor, mode, show=progress))
     callbacks += progress_bar(progress and is_terminal())
     if config.train.early_stopping_patience > 0 and monitor is not None:
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=config.train.early_stopping_patience)
         )
+    if not 0 <= config.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {config.train.ema_decay}")
+    if config.train.ema_decay > 0:
+        callbacks.append(EMAWeightAveraging(decay=config.train.ema_decay))
     unfreezing = StagedUnfreezing(config.train.freeze, config.train.unfreeze)
     if unfreezing.is_active:
         callbacks.append(unfreezing)

@@ -41,8 +41,7 @@ import hashlib
 import json
 import logging
 import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,16 +58,14 @@ from carid.files import write_atomic
 from carid.models.backbones import Backbone
 from carid.models.network import CarNet
 from carid.training.balance import Balance, sampling_options
-from carid.training.console import tracked
 from carid.training.datamodule import CarDataModule
 from carid.training.features import augmented_loader, samples_fingerprint
 from carid.training.module import CarModule
+from carid.training.stage_front import ACTIVATION, FrontRunner, extract_activations
 
 log = logging.getLogger(__name__)
 
 STAGE_CACHE_VERSION = 1
-ACTIVATION = "activation"
-FIELDS = ("label", "box", "has_box", "index")
 # children of a timm model that are not part of forward_features (pooling and classifier)
 HEAD_CHILDREN = frozenset({"global_pool", "classifier", "head", "fc", "head_drop", "flatten", "pre_logits"})
 # how far the composed front + back may differ from forward_features on the probe image
@@ -259,71 +256,6 @@ def stage_cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def frozen_front(split: StageSplit, example: Tensor) -> Callable[[Tensor], Tensor]:
-    """The front as a frozen TorchScript graph, or the eager `split.front` when tracing fails or the
-    graph's output on `example` differs from the eager one.
-
-    Freezing folds each BatchNorm into its convolution and lets oneDNN fuse the kernels: on 2 CPU
-    cores the front of EfficientNet-Lite0 (to blocks.5, 192 px, channels-last, batch 64) ran at 24.7
-    images/s against 16.2 eager (measured 2026-12-07). torch.jit is deprecated in favour of
-    torch.compile, which was as fast but compiled for 70 s and needs a C++ compiler, so any failure
-    here falls back to the eager front instead of stopping the run.
-    """
-    module = nn.Sequential(*split.front_modules()).eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.freeze(torch.jit.trace(module, example))
-            got = traced(example)
-    except Exception as exc:
-        log.info("stage cache: the front runs eagerly (tracing failed: %s)", exc)
-        return split.front
-    expected = split.front(example)
-    tolerance = 1e-4 * float(expected.abs().max()) + 1e-5
-    if got.shape != expected.shape or float((got - expected).abs().max()) > tolerance:
-        log.info("stage cache: the front runs eagerly (the traced graph differs from it)")
-        return split.front
-    return traced
-
-
-def extract_activations(
-    split: StageSplit,
-    loader: DataLoader,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float16,
-    channels_last: bool = False,
-    progress: bool = False,
-    description: str = "activations",
-) -> dict[str, Tensor]:
-    """Run the front (eval mode, inference mode) over a loader: {"activation" [N, C, h, w] in
-    `dtype`, "label", "box", "has_box", "index"} on the CPU, in loader order."""
-    backbone = split.backbone
-    was_training = backbone.training
-    backbone.eval().to(device)  # outside inference mode: the parameters must stay trainable
-    if channels_last:
-        backbone.to(memory_format=torch.channels_last)
-    collected: dict[str, list[Tensor]] = {name: [] for name in (ACTIVATION, *FIELDS)}
-    batches: Any = loader
-    if progress:  # a bar on a terminal, plain lines in a log file
-        batches = tracked(loader, total=len(loader), description=description)
-    front: Callable[[Tensor], Tensor] | None = None
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                images = batch["image"].to(device)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                front = front or frozen_front(split, images)
-                collected[ACTIVATION].append(front(images).to(dtype).cpu().contiguous())
-                for name in FIELDS:
-                    collected[name].append(batch[name].cpu())
-    finally:
-        backbone.train(was_training)
-    if not collected[ACTIVATION]:
-        raise ValueError(f"{description}: the loader yielded no images")
-    return {name: torch.cat(values) for name, values in collected.items()}
-
-
 def _enlarged(datamodule: CarDataModule, pixels: int) -> CarDataModule:
     """The same samples and splits with a network input `pixels` larger on each side."""
     height, width = datamodule.spec.image_size
@@ -395,7 +327,12 @@ def build_stage_cache(
     if cached is None:
         cached = {}
         larger = _enlarged(datamodule, crop * _stride(split, datamodule)) if crop else datamodule
-        options: dict[str, Any] = {"device": device, "dtype": dtype, "channels_last": channels_last}
+        options: dict[str, Any] = {
+            "device": device,
+            "dtype": dtype,
+            "channels_last": channels_last,
+            "front": FrontRunner(split),
+        }
         for name in present:
             source = larger if name == "train" else datamodule
             loader = source.feature_dataloader(name)
