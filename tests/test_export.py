@@ -295,3 +295,22 @@ def test_model_json_of_the_export_is_plain_json(tmp_path: Path) -> None:
     text = json.dumps(report.to_dict())
     assert json.loads(text)["worst_image"] == "a.png" and report.passed
     assert "passed on 1 images" in report.describe() and "probability 1e-07" in report.describe()
+
+
+def test_export_at_a_larger_input_size_keeps_the_training_size(tiny_run: Path, tmp_path: Path) -> None:
+    """Testing at a higher resolution than training ("FixRes"): the bundle resizes to the new size,
+    records the training size and passes its parity check there. A box head that reads a fixed-size
+    feature map cannot: the error says so."""
+    data = draw_boxed_dataset(tmp_path / "data")
+    tree = tiny_config_tree(
+        data, tmp_path / "runs", name="nobox", model={"box_head": "off"}, train={"test_after_fit": False}
+    )
+    run = train(from_dict(Config, tree), progress=False).run_dir
+    result = export_bundle(run, out=tmp_path / "larger", input_size=(48, 40), enrol_images=0)
+    metadata = result.bundle.metadata
+    assert metadata.preprocess["image_size"] == [40, 48] and metadata.extra["trained_input_size"] == [32, 32]
+    assert result.parity is not None and result.parity.passed and result.parity.images
+    with pytest.raises(ExportError, match="at least 32"):
+        export_bundle(run, out=tmp_path / "small", input_size=(24, 24))
+    with pytest.raises(ExportError, match="different input size"):
+        export_bundle(tiny_run, out=tmp_path / "boxed", input_size=(48, 40), enrol_images=0)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from carid.artifacts.bundle import (
     BundleMetadata,
     write_metadata,
 )
+from carid.artifacts.detector import DetectorMetadata
 from carid.artifacts.enrolment import remove_bundle_leftovers
 from carid.artifacts.run_dir import BEST_CHECKPOINT, CHECKPOINT_DIR, EXPORT_DIR, SPLIT_FILE
 from carid.enroll.prepare import DEFAULT_SPACE_IMAGES, prepare_enrolment
@@ -65,6 +66,7 @@ from carid.runtime.calibration import apply_temperature
 from carid.runtime.inputs import PreparedImage, prepare_image
 
 log = logging.getLogger(__name__)
+AnyMetadata = TypeVar("AnyMetadata", BundleMetadata, DetectorMetadata)
 
 DEFAULT_PARITY_IMAGES = 32
 PROBABILITY_TOLERANCE = 1e-3
@@ -438,6 +440,22 @@ def default_bundle_dir(checkpoint: Path, run_dir: Path | None) -> Path:
     return checkpoint.parent / f"{checkpoint.stem}-{EXPORT_DIR}"
 
 
+def with_input_size(metadata: AnyMetadata, input_size: tuple[int, int] | None, multiple: int) -> AnyMetadata:
+    """The metadata of a bundle exported at its own input (width, height), each side a multiple of
+    `multiple` (a detector's coarsest stride; 1 for a classifier, whose pooling takes any size); the
+    size it was trained at is kept in extra.trained_input_size. Unchanged when input_size is None."""
+    if input_size is None:
+        return metadata
+    width, height = (int(side) for side in input_size)
+    if min(width, height) < 32 or width % multiple or height % multiple:
+        rule = "at least 32" if multiple == 1 else f"multiples of {multiple}, at least 32"
+        raise ExportError(f"--input-size must be two sizes {rule} (WIDTHxHEIGHT), got {width}x{height}")
+    spec = metadata.preprocess_spec()
+    preprocess = {**metadata.preprocess, "image_size": [height, width]}
+    extra = {**metadata.extra, "trained_input_size": [spec.width, spec.height]}
+    return replace(metadata, preprocess=preprocess, extra=extra)
+
+
 def export_bundle(
     source: Path | str,
     out: Path | str | None = None,
@@ -449,6 +467,7 @@ def export_bundle(
     say: Callable[[str], None] | None = None,
     enrol_images: int = DEFAULT_SPACE_IMAGES,
     finish: Callable[[Path, BundleMetadata], BundleMetadata] | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> ExportResult:
     """Export a run folder or a .ckpt to a bundle folder; see the module docstring.
 
@@ -460,6 +479,8 @@ def export_bundle(
     enrolled in (`carid.enroll.prepare`; 0 skips it: the bundle then cannot take new classes).
     finish: called with the staging folder and the metadata once the parity check passed; returns the
     metadata to write (`carid.export_quantize` swaps in an int8 graph there).
+    input_size: (width, height) the bundle resizes photos to instead of the training size (testing
+    at a higher resolution than training, "FixRes"; measure it with `carid evaluate BUNDLE`).
     Raises ExportError for unusable inputs and ParityError when the check fails.
     """
     started = time.perf_counter()
@@ -491,6 +512,7 @@ def export_bundle(
         embedding_dim=int(network.backbone.num_features),
         source_checkpoint=str(checkpoint.resolve()),
     )
+    base = with_input_size(base, input_size, multiple=1)
     spec = base.preprocess_spec()
     sha256 = file_sha256(checkpoint)
 

@@ -68,6 +68,7 @@ from carid.export import (
     default_bundle_dir,
     parity_candidates,
     resolve_checkpoint,
+    with_input_size,
 )
 from carid.files import make_staging_folder, remove_stale_temporaries
 from carid.preprocess import PreprocessSpec
@@ -401,18 +402,7 @@ def _with_operating_choices(
         if not 0.0 < score_threshold < 1.0:
             raise ExportError(f"--score-threshold must be between 0 and 1, got {score_threshold}")
         metadata = replace(metadata, score_threshold=float(score_threshold))
-    if input_size is not None:
-        width, height = (int(side) for side in input_size)
-        if width < 32 or height < 32 or width % 32 or height % 32:
-            raise ExportError(
-                f"--input-size must be two multiples of 32 (WIDTHxHEIGHT), got {width}x{height}"
-            )
-        trained = metadata.input_size
-        preprocess = {**metadata.preprocess, "image_size": [height, width]}
-        metadata = replace(
-            metadata, preprocess=preprocess, extra={**metadata.extra, "trained_input_size": trained}
-        )
-    return metadata
+    return with_input_size(metadata, input_size, multiple=32)
 
 
 def export_detector_bundle(

@@ -52,8 +52,9 @@ def export(
     input_size: Annotated[
         str | None,
         typer.Option(
-            help="Detectors: the exported input WIDTHxHEIGHT (multiples of 32) instead of the training "
-            "size; smaller is faster and sees cars smaller.",
+            help="The exported input WIDTHxHEIGHT instead of the training size. Detectors (multiples "
+            "of 32): smaller is faster and sees cars smaller. Classifiers: a larger test size can score "
+            "better than the training size (measure it with `carid evaluate BUNDLE`).",
             show_default=False,
         ),
     ] = None,
@@ -99,6 +100,9 @@ def export(
     options = given(parity_images=parity_images, parity_data=parity_data, opset=opset)
     int8 = given(max_top1_drop=max_top1_drop, calibration_images=calibration_images)
     try:
+        size = None if input_size is None else parse_size(input_size)
+        if quantize is not None and size is not None:
+            raise ExportError("--input-size and --quantize do not go together: export at the size first")
         if quantize is not None and is_bundle(source):  # an fp32 bundle -> its int8 copy
             result = quantize_bundle(source, out=out, precision=quantize, overwrite=force, say=say, **int8)
         elif quantize is not None:
@@ -113,7 +117,6 @@ def export(
                 **options,
             )
         elif is_detector_source(source):  # a `task: detect` run: a detector bundle (no enrolment space)
-            size = None if input_size is None else parse_size(input_size)
             result = export_detector_bundle(
                 source,
                 out=out,
@@ -123,11 +126,17 @@ def export(
                 score_threshold=score_threshold,
                 **options,
             )
-        elif input_size is not None or score_threshold is not None:
-            raise ExportError(f"{source}: --input-size and --score-threshold apply to detector runs only")
+        elif score_threshold is not None:
+            raise ExportError(f"{source}: --score-threshold applies to detector runs only")
         else:
             result = export_bundle(
-                source, out=out, overwrite=force, say=say, enrol_images=enrol_images, **options
+                source,
+                out=out,
+                overwrite=force,
+                say=say,
+                enrol_images=enrol_images,
+                input_size=size,
+                **options,
             )
     except (ParityError, QuantizationError) as exc:  # exported, but failed its check: exit 1, not 2
         print_error(str(exc), exc.hint)
