@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -18,13 +18,20 @@ from torch.utils.data import DataLoader
 
 from carid.training.console import tracked
 
-if TYPE_CHECKING:
-    from carid.training.stage_cache import StageSplit
-
 log = logging.getLogger(__name__)
 
 ACTIVATION = "activation"
 FIELDS = ("label", "box", "has_box", "index")
+
+
+class StageSplit(Protocol):
+    """What this module needs of `carid.training.stage_cache.StageSplit` (which imports this module)."""
+
+    backbone: nn.Module
+
+    def front(self, images: Tensor) -> Tensor: ...
+
+    def front_modules(self) -> list[nn.Module]: ...
 
 
 def frozen_front(split: StageSplit, example: Tensor) -> Callable[[Tensor], Tensor]:
