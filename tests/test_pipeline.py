@@ -14,9 +14,9 @@ from carid.runtime.results import ClassScore, Prediction
 from tests.training.conftest import draw_boxed_dataset, tiny_config_tree
 
 
-def test_quickstart_recipe_is_a_frozen_cached_backbone() -> None:
+def test_quickstart_recipe_trains_the_last_stages_from_the_stage_cache() -> None:
     config = quickstart_config(None, ["train.epochs=5"])
-    assert config.train.freeze == "backbone" and config.train.cache_features
+    assert config.train.freeze == "blocks.5" and config.train.cache_features
     assert config.model.pretrained == "offline" and config.train.epochs == 5
 
 

@@ -105,9 +105,11 @@ def run_main_job(
     train_config = _with_data(config, data_path, inspection.paths["split"], out_dir / "runs")
     save_config(train_config, out_dir / "train-config.yaml")
     if train_config.train.cache_features:  # the one long step: its progress lines follow this one
+        frozen = train_config.train.freeze
+        trained = "the heads" if frozen == "backbone" else f"the layers from {frozen} on and the heads"
         say(
-            f"train: the frozen backbone's features of the train and val images come first (a few "
-            f"minutes on a CPU, once per dataset), then {train_config.train.epochs} epochs of the heads"
+            f"train: the frozen layers' output for the train and val images comes first (a few "
+            f"minutes on a CPU, once per dataset), then {train_config.train.epochs} epochs of {trained}"
         )
     run = train(train_config, default_name="quickstart", progress=progress)
     result.paths["run"] = run.run_dir
