@@ -314,3 +314,16 @@ def test_export_at_a_larger_input_size_keeps_the_training_size(tiny_run: Path, t
         export_bundle(run, out=tmp_path / "small", input_size=(24, 24))
     with pytest.raises(ExportError, match="different input size"):
         export_bundle(tiny_run, out=tmp_path / "boxed", input_size=(48, 40), enrol_images=0)
+
+
+def test_input_size_and_quantize_together_are_refused_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from carid.cli import app
+
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(
+        app, ["export", str(tmp_path), "--input-size", "224x224", "--quantize", "int8", "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "--input-size and --quantize" in result.output, result.output
+    assert not out.exists()
