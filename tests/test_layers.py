@@ -34,7 +34,8 @@ PACKAGE_ROOT = Path(carid.__file__).parent
 MAX_LINES = 600
 
 BASE = ("config", "boxes", "taxonomy", "images", "preprocess", "files", "errors", "reporting", "embedding")
-BASE += ("config_help",)  # what the settings mean: help from docstrings, did-you-mean, data paths
+# what the settings mean (help, did-you-mean, data paths); the detector's settings
+BASE += ("config_help", "config_detect")
 LAYERS: dict[str, int] = {
     **{name: 0 for name in (*BASE, "__init__")},
     "artifacts": 1,

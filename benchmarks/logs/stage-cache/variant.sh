@@ -4,19 +4,23 @@
 #   carid data split --out /work/runs/stage-cache/split.csv
 # (the split `carid run` makes: val 0.15, test 0.15, seed 42), without the test pass (as `carid run`
 # trains), then `carid evaluate RUN --split test` (as `carid run` evaluates). Load average sampled
-# every 20 s. Usage: bash variant.sh NAME [--set key=value ...]; run from anywhere.
+# every 20 s. Usage: bash variant.sh NAME [--set key=value ...]; run from anywhere. SPLIT=path
+# trains on another split.csv (e.g. the one a `carid run --out DIR` made, DIR/data/split.csv, with
+# RUN_DIR=DIR/runs to hit that run's stage cache); LOGS=dir writes the logs there.
 set -euo pipefail
 cd /work/main
 name=$1
 shift
-logs=/work/main/benchmarks/logs/stage-cache
+logs=${LOGS:-/work/main/benchmarks/logs/stage-cache}
+split=${SPLIT:-/work/runs/stage-cache/split.csv}
+mkdir -p "$logs"
 runs=${RUN_DIR:-/work/runs/stage-cache/$name}  # RUN_DIR=.../shared: variants share one feature-cache (cache hits)
 (while true; do echo "$(date -u +%T) $(cut -d' ' -f1-3 /proc/loadavg)"; sleep 20; done) > "$logs/$name.load" &
 sampler=$!
 trap 'kill $sampler' EXIT
 echo "start $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
 .venv/bin/carid train src/carid/recipes/quickstart.yaml --set name="$name" --set run_dir="$runs" \
-  --set data.split_csv=/work/runs/stage-cache/split.csv --set train.test_after_fit=false "$@"
+  --set data.split_csv="$split" --set train.test_after_fit=false "$@"
 echo "trained $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
 .venv/bin/carid evaluate "$runs/$name" --split test --out "$runs/$name/evaluation-test"
 echo "end $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"

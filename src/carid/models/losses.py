@@ -73,8 +73,9 @@ class CarLoss(nn.Module):
         has_box: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """logits [B, C]; pred_boxes [B, 4] normalized xyxy or None (no box head); labels [B] int64
-        class indices; target_boxes [B, 4] normalized xyxy (rows without a box are ignored, any
-        value); has_box [B] bool (default: all True when target_boxes is given).
+        class indices, or float [B, C] class probabilities (mixup's soft targets); target_boxes [B, 4]
+        normalized xyxy (rows without a box are ignored, any value); has_box [B] bool (default: all
+        True when target_boxes is given).
 
         The argument order lets a CarNetOutput be unpacked: `loss(*net(images), labels, boxes, has_box)`.
         """

@@ -17,6 +17,9 @@ With a box head that refines from true boxes (`BoxHeadBase.refines_from_true_box
 around the true boxes (`box_jitter_*`), each weighted like the final box; `{stage}/iou_first` is the
 IoU of the first guess, so one run shows what the second look adds.
 
+With `train.mixup` / `train.cutmix` on (`carid.training.mixing`), training batches are mixed and
+carry soft targets, which the loss uses; train/acc still counts each row's own class.
+
 With `train.balance` on (`carid.training.balance`), "loss" puts class weights counted on the
 training rows into the loss at `setup`, and either mode prints the per-class recall of every val
 and test epoch and writes it to per-class-recall.csv in the run folder.
@@ -51,6 +54,7 @@ from carid.config import TrainConfig
 from carid.models.losses import CarLoss
 from carid.models.network import CarNet, CarNetOutput
 from carid.training.balance import Balance, ClassRecall, loss_weights, train_labels
+from carid.training.mixing import TARGET, BatchMixer, check_mixing
 
 STAGES = ("train", "val", "test")
 
@@ -100,6 +104,10 @@ class CarModule(L.LightningModule):
         # train.balance: class weights in the loss (set in setup) and per-class recall of val and test
         self.balance = Balance.from_config(train)
         self.class_recall = ClassRecall(metadata.class_names) if self.balance.active else None
+        # train.mixup / train.cutmix: training batches mixed by timm's Mixup (carid.training.mixing)
+        pooled_cache = train.cache_features and str(train.freeze).lower() == "backbone"
+        check_mixing(train, self.with_box, pooled_cache)
+        self.mixer = BatchMixer.from_config(train, num_classes)
 
     # --- forward -----------------------------------------------------------------------------------
 
@@ -179,7 +187,8 @@ class CarModule(L.LightningModule):
             output, guess, reduced = self._refined_outputs(batch)
         else:
             output = self.forward_batch(batch)
-        parts = self.loss_fn(output.logits, output.box, labels, target_boxes, has_box)
+        targets = batch.get(TARGET, labels)  # soft targets [B, C] when the batch was mixed
+        parts = self.loss_fn(output.logits, output.box, targets, target_boxes, has_box)
         if refined:
             extra = self._refine_terms(guess, reduced, batch, has_box, stage)
             for kind in ("first", "jitter"):
@@ -232,8 +241,12 @@ class CarModule(L.LightningModule):
         if self.class_recall is not None:
             self.class_recall.epoch_end(self.trainer, "test", self.current_epoch)
 
+    def mixed(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """A training batch mixed by train.mixup / train.cutmix (unchanged when they are off)."""
+        return batch if self.mixer is None else self.mixer(batch)
+
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+        return self._shared_step(self.mixed(batch), "train")
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")

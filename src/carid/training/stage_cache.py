@@ -477,7 +477,7 @@ class StageCacheModule(CarModule):
         if self.frozen_norm:
             for norm in self.split.back_norms():
                 norm.eval()
-        return self._shared_step(self.expand(batch), "train")
+        return self._shared_step(self.expand(self.mixed(batch)), "train")
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(self.expand(batch), "val")
