@@ -263,6 +263,16 @@ class UnfreezeStep:
 
 
 @dataclass(frozen=True)
+class ResizeStep:
+    """From training epoch `epoch` (0-based) on, training photos are `size` pixels square."""
+
+    __pydantic_config__ = STRICT
+
+    epoch: int
+    size: int
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How to fit: optimizer, schedule, transfer-learning controls, callbacks, hardware.
 
@@ -284,6 +294,10 @@ class TrainConfig:
     freeze: "none", "backbone" (train heads only), or the stage name / layer index from which the
         backbone is trainable (lower layers frozen), e.g. "blocks.4" or 70.
     unfreeze: staged unfreezing schedule, applied by a callback.
+    resize_schedule: progressive resizing: steps {epoch, size}; training photos are `size` px from
+        that epoch on (model.image_size before the first step); validation, test and export stay at
+        model.image_size. Smaller early epochs decode and compute less, e.g. [{epoch: 0, size: 128},
+        {epoch: 8, size: 160}, {epoch: 12, size: 192}]. Full training only (not with cache_features).
     backbone_lr_scale: discriminative learning rate: backbone lr = lr * this (heads get lr).
     cache_features: with a frozen backbone, compute its features once and train the heads from the cache;
         with freeze at a stage ("blocks.5"), cache the frozen front's activations there and train the
@@ -327,6 +341,7 @@ class TrainConfig:
     box_giou_weight: float = 1.0
     freeze: str | int = "none"
     unfreeze: tuple[UnfreezeStep, ...] = ()
+    resize_schedule: tuple[ResizeStep, ...] = ()
     cache_features: bool = False
     cache_augment_passes: int = 0
     cache_map_hflip: float = 0.0

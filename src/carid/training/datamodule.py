@@ -41,7 +41,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from carid import boxes as box_math
-from carid.config import AugmentConfig, TrainConfig
+from carid.config import AugmentConfig, ResizeStep, TrainConfig
 from carid.data.samples import Sample, SampleTable
 from carid.images import ImageError, swap_red_blue
 from carid.preprocess import PreprocessSpec, compute_geometry, load_image
@@ -88,6 +88,15 @@ def select_target_box(boxes: object, width: int, height: int) -> np.ndarray | No
     if not len(clipped):
         return None
     return box_math.largest(clipped)
+
+
+def scheduled_size(schedule: Sequence[ResizeStep], epoch: int) -> int | None:
+    """The training photo size of `epoch` under `train.resize_schedule` (None: the run's own)."""
+    size = None
+    for step in sorted(schedule, key=lambda step: step.epoch):
+        if step.epoch <= epoch:
+            size = step.size
+    return size
 
 
 def seed_worker_transform(worker_id: int) -> None:
@@ -311,19 +320,27 @@ class CarDataModule(L.LightningDataModule):
             raise ValueError(f"unknown split {split!r} (expected one of {SPLITS})")
         return self.positions[split]
 
-    def dataset(self, split: str, augment: bool = False) -> CarDataset:
-        """The dataset of a split: the train transform when `augment`, else the eval transform.
+    def train_spec(self, epoch: int) -> PreprocessSpec:
+        """The preprocessing of training epoch `epoch` (0-based): the size of the last
+        `train.resize_schedule` step at or before it, else the run's own."""
+        size = scheduled_size(self.train_config.resize_schedule, epoch)
+        return self.spec if size is None else replace(self.spec, image_size=(size, size))
+
+    def dataset(self, split: str, augment: bool = False, spec: PreprocessSpec | None = None) -> CarDataset:
+        """The dataset of a split: the train transform when `augment`, else the eval transform;
+        `spec` replaces the run's preprocessing (the sizes of a resize schedule).
 
         Train and val datasets skip unloadable images (with a warning); test raises.
         """
-        key = f"{split}:{'augment' if augment else 'eval'}"
+        spec = spec or self.spec
+        key = f"{split}:{'augment' if augment else 'eval'}:{spec.image_size}"
         if key not in self._datasets:
             if augment:
                 transform: ImageTransform = build_train_transform(
-                    self.augment, self.spec, seed=self.train_config.seed
+                    self.augment, spec, seed=self.train_config.seed
                 )
             else:
-                transform = build_eval_transform(self.spec)
+                transform = build_eval_transform(spec)
             on_error: Literal["skip", "raise"] = "skip" if split in ("train", "val") else "raise"
             self._datasets[key] = self._split_dataset(split, transform, on_error)
         return self._datasets[key]
@@ -373,8 +390,14 @@ class CarDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Augmented, shuffled with a generator seeded from `TrainConfig.seed` (or drawn class-balanced,
-        `train.balance: sampler`); drops a last partial batch."""
-        dataset = self.dataset("train", augment=True)
+        `train.balance: sampler`); drops a last partial batch. With `train.resize_schedule` the
+        photos have the size of the trainer's current epoch (the trainer then reloads this loader
+        every epoch)."""
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        spec = self.train_spec(epoch)
+        if spec is not self.spec:
+            log.info("training epoch %d on photos of %d x %d px", epoch + 1, *spec.image_size)
+        dataset = self.dataset("train", augment=True, spec=spec)
         drop_last = len(dataset) > self.train_config.batch_size
         return self._loader(dataset, shuffle=True, drop_last=drop_last, labels=dataset.labels)
 

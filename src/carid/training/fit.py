@@ -147,6 +147,12 @@ def train(
         module, datamodule = build_detection(config, table, run_dir.name)
     else:
         module, datamodule = build_model(config, prepare_labels(table, config.data.label_level), run_dir.name)
+        head = module.network.box_head
+        if config.train.resize_schedule and head is not None and head.reads_feature_map:
+            raise ConfigError(
+                "train.resize_schedule changes the feature map's size, which the box head reads "
+                "(model.box_input: map); use model.box_input: pooled, or no box head (model.box_head: off)"
+            )
     if config.train.fit_on_val:
         datamodule.join_val_to_train()
 
@@ -200,6 +206,8 @@ def train(
         default_root_dir=str(run_dir),
         log_every_n_steps=max(1, min(50, _steps_per_epoch(fit_data, config))),
         num_sanity_val_steps=0 if resuming else 1,
+        # a resize schedule changes the training photos' size between epochs: a new loader each epoch
+        reload_dataloaders_every_n_epochs=1 if config.train.resize_schedule else 0,
         enable_progress_bar=any(isinstance(callback, ProgressBar) for callback in all_callbacks),
         enable_model_summary=False,  # the epoch table prints the model in one line
     )
@@ -367,6 +375,19 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(
             "train.cache_features needs train.freeze: backbone (pooled features) or a backbone stage "
             "such as blocks.5 (the stage cache): features can only be cached from a frozen front"
+        )
+    if train.resize_schedule and (train.cache_features or config.task == "detect"):
+        raise ConfigError(
+            "train.resize_schedule resizes training photos between epochs: it needs full training "
+            "on photos (not train.cache_features, whose cache holds one size, nor task: detect)"
+        )
+    epochs = [step.epoch for step in train.resize_schedule]
+    if any(step.size < 32 or step.epoch < 0 for step in train.resize_schedule) or len(set(epochs)) != len(
+        epochs
+    ):
+        raise ConfigError(
+            "train.resize_schedule: each step needs epoch >= 0 (a different one per step) and size >= 32; "
+            f"got {[(step.epoch, step.size) for step in train.resize_schedule]}"
         )
     if train.cache_features and train.unfreeze:
         raise ConfigError(
