@@ -12,7 +12,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import WeightedRandomSampler
 
 from carid.config import ConfigError
 from carid.data.split import load_split
@@ -30,6 +29,7 @@ from carid.training.balance import (
 )
 from carid.training.features import FeatureDataModule
 from carid.training.fit import train
+from carid.training.sampling import EpochSampler
 
 
 def test_inverse_weights_average_one_over_the_classes_present() -> None:
@@ -77,14 +77,14 @@ def test_the_sampler_draws_a_rare_class_about_as_often_as_a_common_one() -> None
     assert weights[0] * 9 == pytest.approx(float(weights[-1]))
     options = sampling_options(labels, balance, seed=3)
     sampler = options["sampler"]
-    assert isinstance(sampler, WeightedRandomSampler) and len(sampler) == 100
-    draws = [index for _ in range(20) for index in sampler]
+    assert isinstance(sampler, EpochSampler) and sampler.weights is not None and len(sampler) == 100
+    draws = [index for _ in range(20) for index, _ in sampler]
     rare_share = sum(labels[i] == 1 for i in draws) / len(draws)
     assert 0.4 < rare_share < 0.6  # 0.1 without balancing
     again = sampling_options(labels, balance, seed=3)["sampler"]
     assert list(again) == list(sampling_options(labels, balance, seed=3)["sampler"])  # seeded
-    plain = sampling_options(labels, Balance("loss"), seed=3)
-    assert plain["shuffle"] is True and "sampler" not in plain
+    plain = sampling_options(labels, Balance("loss"), seed=3)["sampler"]  # a plain shuffle
+    assert plain.weights is None and sorted(row for row, _ in plain) == list(range(100))
 
 
 def test_loss_weights_only_in_loss_mode_and_labels_beyond_the_network_are_refused() -> None:
@@ -131,7 +131,8 @@ def test_train_labels_of_a_feature_cache_and_its_balanced_loader() -> None:
     cached = {"train": {"features": torch.zeros(6, 2), "label": torch.tensor([0, 0, 0, 0, 1, 2])}}
     data = FeatureDataModule(cached, batch_size=2, seed=0, balance=Balance("sampler"))
     assert train_labels(data).tolist() == [0, 0, 0, 0, 1, 2]
-    assert isinstance(data.train_dataloader().sampler, WeightedRandomSampler)
+    sampler = data.train_dataloader().sampler
+    assert isinstance(sampler, EpochSampler) and sampler.weights is not None
     with pytest.raises(ConfigError, match="datamodule"):
         train_labels(object())
 

@@ -2,7 +2,7 @@
 
 `train.balance` picks the remedy, `train.balance_scheme` and `train.balance_beta` the class weights:
 
-- "sampler": the training loader draws samples with replacement (torch's `WeightedRandomSampler`,
+- "sampler": the training loader draws samples with replacement (`carid.training.sampling.EpochSampler`,
   as many draws per epoch as there are training rows), each with its class's weight, so a rare
   class is seen about as often as a common one;
 - "loss": the class weights go into the cross-entropy (`CarLoss`), in training only, so val/loss
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.utils.data import WeightedRandomSampler
 from torchmetrics.classification import MulticlassStatScores
 
 from carid.config import ConfigError, TrainConfig
 from carid.files import write_atomic
+from carid.training.sampling import EpochSampler
 
 MODES = ("none", "sampler", "loss")
 SCHEMES = ("inverse", "effective")
@@ -117,19 +117,27 @@ def sample_weights(labels: Sequence[int] | np.ndarray | Tensor, balance: Balance
 
 
 def sampling_options(
-    labels: Sequence[int] | np.ndarray | Tensor | None, balance: Balance | None, seed: int
+    labels: Sequence[int] | np.ndarray | Tensor | None,
+    balance: Balance | None,
+    seed: int,
+    size: int | None = None,
+    epoch: int = 0,
 ) -> dict[str, Any]:
-    """DataLoader keyword arguments of a training loader: a seeded shuffle, or with balance mode
-    "sampler" a seeded `WeightedRandomSampler` (len(labels) draws with replacement per epoch)."""
+    """DataLoader keyword arguments of a training loader: an `EpochSampler` (carid.training.sampling)
+    that shuffles, or with balance mode "sampler" draws len(labels) rows with replacement per epoch,
+    each with its class's weight; both seeded by (seed, epoch), so a resumed run goes on as an
+    uninterrupted one would. size: the number of rows (default len(labels)); epoch: the epoch the
+    loader starts at (`carid.training.sampling.trainer_epoch`)."""
     if balance is None or balance.mode != "sampler":
-        return {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
-    if labels is None:
-        raise ConfigError("train.balance: sampler needs the labels of the training rows")
-    weights = sample_weights(labels, balance)
-    sampler = WeightedRandomSampler(
-        weights, num_samples=len(weights), replacement=True, generator=torch.Generator().manual_seed(seed)
-    )
-    # the loader's own generator still seeds the workers, as with shuffling
+        if size is None and labels is None:
+            raise ValueError("sampling_options needs the labels or the size of the training rows")
+        count = len(labels) if size is None else size  # type: ignore[arg-type]
+        sampler = EpochSampler(count, seed, epoch=epoch)
+    else:
+        if labels is None:
+            raise ConfigError("train.balance: sampler needs the labels of the training rows")
+        sampler = EpochSampler(len(labels), seed, weights=sample_weights(labels, balance), epoch=epoch)
+    # the loader's own generator still seeds the worker processes
     return {"sampler": sampler, "shuffle": False, "generator": torch.Generator().manual_seed(seed)}
 
 

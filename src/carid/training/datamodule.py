@@ -47,6 +47,7 @@ from carid.images import ImageError, swap_red_blue
 from carid.preprocess import PreprocessSpec, compute_geometry, load_image
 from carid.preprocess import decode_min_side as network_decode_min_side
 from carid.training.balance import Balance, sampling_options
+from carid.training.sampling import Key, split_key, trainer_epoch
 from carid.training.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,11 @@ class CarDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
+        """key: a position, or (position, augmentation seed) from `EpochSampler`."""
+        position, seed = split_key(key)
+        if seed is not None:
+            self.transform.set_seed(seed)
         if self.on_error == "raise":
             return self._item(position)
         failures: list[str] = []
@@ -376,7 +381,7 @@ class CarDataModule(L.LightningDataModule):
         options: dict[str, Any] = {}
         if shuffle:
             balance = Balance.from_config(self.train_config)
-            options = sampling_options(labels, balance, self.train_config.seed)
+            options = sampling_options(labels, balance, self.train_config.seed, epoch=trainer_epoch(self))
         return DataLoader(
             dataset,
             batch_size=self.train_config.batch_size,
@@ -393,7 +398,7 @@ class CarDataModule(L.LightningDataModule):
         `train.balance: sampler`); drops a last partial batch. With `train.resize_schedule` the
         photos have the size of the trainer's current epoch (the trainer then reloads this loader
         every epoch)."""
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        epoch = trainer_epoch(self)
         spec = self.train_spec(epoch)
         if spec is not self.spec:
             log.info("training epoch %d on photos of %d x %d px", epoch + 1, *spec.image_size)

@@ -41,7 +41,9 @@ from carid.config import AugmentConfig, DetectConfig, TrainConfig
 from carid.data.samples import Sample, SampleTable
 from carid.images import ImageError
 from carid.preprocess import PreprocessSpec, compute_geometry, load_image
+from carid.training.balance import sampling_options
 from carid.training.datamodule import SPLITS, seed_worker_transform
+from carid.training.sampling import Key, split_key, trainer_epoch
 from carid.training.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,11 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
+        """key: a position, or (position, augmentation seed) from `EpochSampler`."""
+        position, seed = split_key(key)
+        if seed is not None and hasattr(self.transform, "set_seed"):
+            self.transform.set_seed(seed)
         if self.on_error == "raise":
             return self._item(position)
         for attempt in range(min(MAX_SUBSTITUTES + 1, len(self.samples))):
@@ -241,20 +247,22 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         workers = self.train_config.num_workers
-        generator = None
-        if shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(self.train_config.seed)
+        # shuffled: an order and augmentations seeded by (train.seed, epoch), also after a resume
+        seed = self.train_config.seed
+        options = (
+            sampling_options(None, None, seed, size=len(dataset), epoch=trainer_epoch(self))
+            if shuffle
+            else {}
+        )  # type: ignore[arg-type]
         return DataLoader(
             dataset,
             batch_size=self.train_config.batch_size,
-            shuffle=shuffle,
             drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
             worker_init_fn=seed_worker_transform if workers > 0 else None,
             collate_fn=collate_detection,
-            generator=generator,
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -47,6 +47,7 @@ from carid.models.network import CarNet
 from carid.training.balance import Balance, sampling_options
 from carid.training.console import tracked
 from carid.training.datamodule import CarDataModule, CarDataset, seed_worker_transform
+from carid.training.sampling import Key, split_key, trainer_epoch
 
 CACHE_VERSION = 1
 FIELDS = ("features", "label", "box", "has_box", "index")
@@ -273,7 +274,8 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, position: int) -> dict[str, Tensor]:
+    def __getitem__(self, key: Key) -> dict[str, Tensor]:
+        position, _ = split_key(key)  # cached rows are not augmented here
         return {name: values[position] for name, values in self.tensors.items()}
 
 
@@ -302,7 +304,9 @@ class FeatureDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             drop_last=len(dataset) > self.batch_size,
-            **sampling_options(self.cached["train"]["label"], self.balance, self.seed),
+            **sampling_options(
+                self.cached["train"]["label"], self.balance, self.seed, epoch=trainer_epoch(self)
+            ),
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -54,12 +54,13 @@ from carid.training.console import is_terminal, quiet_lightning, say
 from carid.training.datamodule import CarDataModule, sample_label
 from carid.training.epoch_table import RESULTS_FILE
 from carid.training.hardware import is_distributed, resolve_precision, resolve_strategy, uses_cuda
-from carid.training.loggers import ResumableCSVLogger, checkpoint_progress, tensorboard_logger
+from carid.training.loggers import ResumableCSVLogger, checkpoint_progress, resume_epoch, tensorboard_logger
 from carid.training.lr_find import find_lr
 from carid.training.module import CarModule
 from carid.training.plots import epoch_metrics, plot_curves
 from carid.training.run_data import PreparedData, load_run_data, prepare_labels
 from carid.training.run_setup import BEST, CHECKPOINT_DIR, LAST, RUN_DIR_ENV, is_ddp_worker, resolve_run_dir
+from carid.training.sampling import FIRST_EPOCH
 from carid.training.stage_cache import build_stage_training, is_stage_freeze
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,8 @@ def train(
                 warnings.filterwarnings("ignore", message=message)
             if config.train.lr_find:
                 lr_found = find_lr(trainer, module, fit_data, run_dir, resuming, write, config)
+            if resuming:  # the epoch the loader's order and augmentations go on from
+                setattr(fit_data, FIRST_EPOCH, resume_epoch(last_path))
             trainer.fit(module, datamodule=fit_data, ckpt_path=str(last_path) if resuming else None)
     finally:
         if previous_env is None:

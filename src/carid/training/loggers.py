@@ -103,6 +103,16 @@ def checkpoint_progress(path: Path) -> tuple[int, int]:
     return int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", 0))
 
 
+def resume_epoch(path: Path) -> int:
+    """The epoch (0-based) a run resumed from this Lightning checkpoint trains first: the fit
+    loop's count of processed epochs (what Lightning passes to a sampler's set_epoch), else epoch + 1."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", -1)) + 1
+
+
 def tensorboard_logger(run_dir: Path) -> Logger:
     """TensorBoard event files under run_dir/tensorboard (`train.tensorboard`)."""
     try:

@@ -61,6 +61,7 @@ from carid.training.balance import Balance, sampling_options
 from carid.training.datamodule import CarDataModule
 from carid.training.features import augmented_loader, samples_fingerprint
 from carid.training.module import CarModule
+from carid.training.sampling import Key, split_key, trainer_epoch
 from carid.training.stage_front import ACTIVATION, FrontRunner, extract_activations
 
 log = logging.getLogger(__name__)
@@ -405,11 +406,14 @@ class StageDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, position: int) -> dict[str, Tensor]:
+    def __getitem__(self, key: Key) -> dict[str, Tensor]:
+        """key: a position, or (position, augmentation seed) from `EpochSampler`."""
+        position, seed = split_key(key)
         row = {name: values[position] for name, values in self.tensors.items()}
         if self.augment is not None:
+            generator = self.generator if seed is None else torch.Generator().manual_seed(seed)
             row[ACTIVATION], row["box"], row["has_box"] = self.augment(
-                row[ACTIVATION], row["box"], row["has_box"], self.generator
+                row[ACTIVATION], row["box"], row["has_box"], generator
             )
         return row
 
@@ -441,7 +445,9 @@ class StageDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             drop_last=len(dataset) > self.batch_size,
-            **sampling_options(self.cached["train"]["label"], self.balance, self.seed),
+            **sampling_options(
+                self.cached["train"]["label"], self.balance, self.seed, epoch=trainer_epoch(self)
+            ),
         )
 
     def val_dataloader(self) -> DataLoader | list:
