@@ -12,6 +12,7 @@ one roadside frame takes end to end.
 
     .venv/bin/python benchmarks/bench_pipeline.py PIPELINE --threads 2 --repeats 30
     .venv/bin/python benchmarks/bench_pipeline.py PIPELINE --no-devkit --spin  # threads that spin
+    .venv/bin/python benchmarks/bench_pipeline.py PIPELINE --tta hflip  # crops also scored mirrored
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="let ONNX Runtime's idle threads spin (its own default; carid turns it off) to compare",
     )
     parser.add_argument("--no-devkit", action="store_true", help="time the frame only")
+    parser.add_argument("--tta", default="none", help='"hflip": the identifier also scores crops mirrored')
     return parser.parse_args(argv)
 
 
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.spin:  # every session this process opens spins, as ONNX Runtime does by default
         OnnxBackend.__init__.__kwdefaults__["spin"] = True
-    predictor = Predictor.load(args.pipeline, threads=args.threads)
+    predictor = Predictor.load(args.pipeline, threads=args.threads, tta=args.tta)
     result: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": str(args.pipeline),
         "threads": args.threads,
         "spinning_threads": args.spin,
+        "tta": args.tta,
     }
     if args.devkit.is_dir() and not args.no_devkit:
         result["devkit"] = devkit_photos(predictor, args.devkit)
